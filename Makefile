@@ -1,0 +1,33 @@
+# Set-up and everyday commands. `make run` and `make test` each install what they need first.
+# Python >= 3.12 is required; PYTHON=/path/to/python3.12 picks a specific interpreter.
+
+VENV ?= .venv
+PYTHON ?= $(shell for candidate in python3.12 python3.13 python3 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-9]*/bin/python3 2>/dev/null); do \
+	$$candidate -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { command -v $$candidate || echo $$candidate; } && break; done)
+BIN := $(VENV)/bin
+export KEDRO_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
+.PHONY: install run test lint clean-data
+
+$(BIN)/kedro: pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python >= 3.12 not found: install it or pass PYTHON=/path/to/python3.12"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $@
+
+install: $(BIN)/kedro  ## create .venv and install the project with its test tools
+
+run: install  ## the whole benchmark on the built-in demo data
+	$(BIN)/kedro run
+
+test: install  ## the test suite (the real-data tests skip when ../shared is absent)
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+clean-data:  ## remove generated artifacts (keeps data/*/.gitkeep)
+	find data -mindepth 2 ! -name .gitkeep -delete 2>/dev/null; find data -mindepth 2 -type d -empty -delete

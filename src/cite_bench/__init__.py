@@ -1,0 +1,3 @@
+"""cite-bench"""
+
+__version__ = "0.1"

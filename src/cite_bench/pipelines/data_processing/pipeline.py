@@ -1,0 +1,55 @@
+"""Wiring of the data_processing pipeline."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    assemble_mudata,
+    extract_cell_metadata,
+    preprocess_adt,
+    preprocess_rna,
+    split_modalities,
+    subsample_cells,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                split_modalities,
+                inputs=["raw_cite_seq", "params:columns"],
+                outputs="paired_modalities",
+                name="split_modalities",
+            ),
+            Node(
+                subsample_cells,
+                inputs=["paired_modalities", "params:data_processing.subsample"],
+                outputs="subsampled_modalities",
+                name="subsample_cells",
+            ),
+            Node(
+                preprocess_rna,
+                inputs=["subsampled_modalities", "params:data_processing", "params:columns"],
+                outputs="rna_preprocessed",
+                name="preprocess_rna",
+            ),
+            Node(
+                preprocess_adt,
+                inputs=["subsampled_modalities", "params:data_processing"],
+                outputs="adt_preprocessed",
+                name="preprocess_adt",
+            ),
+            Node(
+                assemble_mudata,
+                inputs=["rna_preprocessed", "adt_preprocessed", "subsampled_modalities"],
+                outputs="cite_seq_mudata",
+                name="assemble_mudata",
+            ),
+            Node(
+                extract_cell_metadata,
+                inputs="cite_seq_mudata",
+                outputs="cell_metadata",
+                name="extract_cell_metadata",
+            ),
+        ]
+    )

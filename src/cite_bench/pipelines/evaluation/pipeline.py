@@ -1,0 +1,49 @@
+"""Per-model scoring (one namespace per model, as in modelling), then one table for all."""
+
+from kedro.pipeline import Node, Pipeline
+
+from cite_bench.pipelines.modelling.nodes import TRAINERS
+
+from .nodes import collect_metrics, compute_metrics, format_metrics_table
+
+
+def create_scoring_pipeline(model: str) -> Pipeline:
+    template = Pipeline(
+        [
+            Node(
+                compute_metrics,
+                inputs=["embedding", "cell_metadata", "params:evaluation", "params:columns"],
+                outputs="metrics",
+                name="compute_metrics",
+            )
+        ]
+    )
+    return Pipeline(
+        template,
+        namespace=f"evaluation.{model}",
+        inputs={"embedding": f"modelling.{model}.embedding", "cell_metadata": "cell_metadata"},
+        parameters={"params:evaluation", "params:columns"},
+        tags=["evaluation", model],
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    scoring = sum((create_scoring_pipeline(model) for model in TRAINERS), Pipeline([]))
+    summary = Pipeline(
+        [
+            Node(
+                collect_metrics,
+                inputs={model: f"evaluation.{model}.metrics" for model in TRAINERS},
+                outputs="metrics_table",
+                name="collect_metrics",
+            ),
+            Node(
+                format_metrics_table,
+                inputs="metrics_table",
+                outputs="metrics_markdown",
+                name="format_metrics_table",
+            ),
+        ],
+        tags=["evaluation"],
+    )
+    return scoring + summary

@@ -1,0 +1,227 @@
+"""One training function per integration model.
+
+Every trainer has the same contract, so that one template pipeline serves them all: it takes
+the preprocessed MuData, its hyperparameter block and the column names, and returns the trained
+model, the embedding (cells x latent dimensions, indexed by barcode) and a training summary.
+Adding a model means adding a function here, an entry in ``TRAINERS`` and a parameter block.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from .mofa_model import MofaModel
+
+logger = logging.getLogger(__name__)
+
+TrainingResult = tuple[Any, pd.DataFrame, dict[str, Any]]
+
+
+def _embedding_frame(latent: np.ndarray, cells: pd.Index) -> pd.DataFrame:
+    latent = np.asarray(latent, dtype=np.float32)
+    if not np.isfinite(latent).all():
+        raise FloatingPointError("The model produced a non-finite embedding.")
+    columns = [f"latent_{i}" for i in range(latent.shape[1])]
+    return pd.DataFrame(latent, index=pd.Index(cells, name="barcode"), columns=columns)
+
+
+def _summary(
+    model: str, mdata: md.MuData, hyperparameters: dict[str, Any], started: float, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "n_cells": int(mdata.n_obs),
+        "seed": int(hyperparameters["seed"]),
+        "training_time_s": round(time.perf_counter() - started, 3),
+        **extra,
+    }
+
+
+def _dense(matrix: Any) -> np.ndarray:
+    return matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix)
+
+
+def _last_loss(history: dict[str, pd.DataFrame], key: str) -> float | None:
+    """The final epoch's value of a Lightning-logged loss, if it was logged."""
+    if key not in history or history[key].empty:
+        return None
+    return float(history[key].iloc[-1, 0])
+
+
+def _lightning_device(model: Any) -> str:
+    return str(next(model.module.parameters()).device)
+
+
+def train_mofa(
+    mdata: md.MuData, hyperparameters: dict[str, Any], columns: dict[str, str]
+) -> TrainingResult:
+    """MOFA+ (mofapy2 via muon) on log-normalised RNA and CLR-transformed ADT."""
+    import muon as mu
+
+    started = time.perf_counter()
+    data = mdata.copy()
+    use_gpu = _use_gpu(hyperparameters["accelerator"]) and _cupy_available()
+    with tempfile.TemporaryDirectory() as scratch:
+        # mofapy2 can only hand its model over as an HDF5 file: read it back into memory.
+        outfile = Path(scratch) / "mofa.hdf5"
+        mu.tl.mofa(
+            data,
+            n_factors=hyperparameters["n_factors"],
+            n_iterations=hyperparameters["n_iterations"],
+            convergence_mode=hyperparameters["convergence_mode"],
+            use_float32=hyperparameters["use_float32"],
+            groups_label=hyperparameters.get("groups_key"),
+            use_var=None,
+            gpu_mode=use_gpu,
+            seed=hyperparameters["seed"],
+            outfile=str(outfile),
+            quiet=True,
+        )
+        model = MofaModel(outfile.read_bytes())
+    summary = _summary(
+        "mofa",
+        mdata,
+        hyperparameters,
+        started,
+        device="cuda" if use_gpu else "cpu",
+        final_training_loss=model.final_elbo(),
+        n_epochs_trained=model.n_iterations(),
+    )
+    return model, _embedding_frame(data.obsm["X_mofa"], data.obs_names), summary
+
+
+def train_totalvi(
+    mdata: md.MuData, hyperparameters: dict[str, Any], columns: dict[str, str]
+) -> TrainingResult:
+    """totalVI (scvi-tools) on raw RNA counts and raw, dense protein counts."""
+    import scvi
+
+    started = time.perf_counter()
+    scvi.settings.seed = hyperparameters["seed"]
+    rna, adt = mdata["rna"], mdata["adt"]
+    batch = columns["batch"]
+    adata = ad.AnnData(
+        X=sparse.csr_matrix(rna.layers["counts"]),
+        obs=mdata.obs[[batch]].loc[rna.obs_names].copy(),
+        var=pd.DataFrame(index=rna.var_names),
+    )
+    # totalVI's protein prior needs dense protein counts.
+    adata.obsm["protein_expression"] = pd.DataFrame(
+        _dense(adt[rna.obs_names].layers["counts"]).astype(np.float32),
+        index=rna.obs_names,
+        columns=adt.var_names,
+    )
+    scvi.model.TOTALVI.setup_anndata(
+        adata, protein_expression_obsm_key="protein_expression", batch_key=batch
+    )
+    model = scvi.model.TOTALVI(
+        adata, n_latent=hyperparameters["n_latent"], **hyperparameters.get("model_kwargs", {})
+    )
+    model.train(
+        max_epochs=hyperparameters["max_epochs"],
+        accelerator=hyperparameters["accelerator"],
+        batch_size=hyperparameters["batch_size"],
+        **hyperparameters.get("train_kwargs", {}),
+    )
+    summary = _summary(
+        "totalvi",
+        mdata,
+        hyperparameters,
+        started,
+        device=_lightning_device(model),
+        final_training_loss=_last_loss(model.history, "train_loss"),
+        n_epochs_trained=len(model.history["train_loss"]),
+    )
+    return model, _embedding_frame(model.get_latent_representation(), adata.obs_names), summary
+
+
+def train_multigrate(
+    mdata: md.MuData, hyperparameters: dict[str, Any], columns: dict[str, str]
+) -> TrainingResult:
+    """Multigrate (MultiVAE) on raw RNA counts (NB loss) and CLR-transformed ADT (MSE loss)."""
+    import multigrate as mtg
+    import scvi
+
+    started = time.perf_counter()
+    scvi.settings.seed = hyperparameters["seed"]
+    batch = columns["batch"]
+    obs = mdata.obs[[batch]].loc[mdata["rna"].obs_names].copy()
+    rna = ad.AnnData(
+        X=sparse.csr_matrix(mdata["rna"].X),
+        obs=obs,
+        var=pd.DataFrame(index=mdata["rna"].var_names),
+        layers={"counts": sparse.csr_matrix(mdata["rna"].layers["counts"])},
+    )
+    adt = ad.AnnData(
+        X=_dense(mdata["adt"][rna.obs_names].X).astype(np.float32),
+        obs=obs.copy(),
+        var=pd.DataFrame(index=mdata["adt"].var_names),
+    )
+    adata = mtg.data.organize_multimodal_anndatas(
+        adatas=[[rna], [adt]], layers=[["counts"], [None]]
+    )
+    mtg.model.MultiVAE.setup_anndata(
+        adata, categorical_covariate_keys=[batch], rna_indices_end=rna.n_vars
+    )
+    model = mtg.model.MultiVAE(
+        adata,
+        losses=["nb", "mse"],
+        z_dim=hyperparameters["n_latent"],
+        **hyperparameters.get("model_kwargs", {}),
+    )
+    model.train(
+        max_epochs=hyperparameters["max_epochs"],
+        accelerator=hyperparameters["accelerator"],
+        batch_size=hyperparameters["batch_size"],
+        **hyperparameters.get("train_kwargs", {}),
+    )
+    model.get_model_output(batch_size=hyperparameters["batch_size"])
+    summary = _summary(
+        "multigrate",
+        mdata,
+        hyperparameters,
+        started,
+        device=_lightning_device(model),
+        final_training_loss=_last_loss(model.history, "train_loss"),
+        n_epochs_trained=len(model.history["train_loss"]),
+    )
+    return model, _embedding_frame(adata.obsm["X_multigrate"], adata.obs_names), summary
+
+
+def _use_gpu(accelerator: str) -> bool:
+    """Whether an accelerator setting asks for, or (``auto``) allows, the GPU."""
+    import torch
+
+    if accelerator == "cpu":
+        return False
+    available = torch.cuda.is_available()
+    if accelerator == "gpu" and not available:
+        raise RuntimeError("accelerator='gpu' was asked for, but torch sees no CUDA device.")
+    return available
+
+
+def _cupy_available() -> bool:
+    """mofapy2 runs on the GPU through cupy only."""
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+TRAINERS: dict[str, Callable[..., TrainingResult]] = {
+    "mofa": train_mofa,
+    "totalvi": train_totalvi,
+    "multigrate": train_multigrate,
+}

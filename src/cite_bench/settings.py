@@ -1,0 +1,11 @@
+"""Project settings (https://docs.kedro.org/en/stable/kedro_project_setup/settings.html)."""
+
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # An environment's parameters refine base's block by block instead of replacing them.
+    "merge_strategy": {"parameters": "soft", "globals": "soft"},
+}
+
+# Tracking is not wired yet: keep kedro-mlflow's hooks off if it happens to be installed.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")

@@ -1,0 +1,106 @@
+"""Shared fixtures: small simulated data, the real starter subset, and a scratch Kedro project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import anndata as ad
+import mudata as md
+import pytest
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STARTER_DIR = Path(
+    os.environ.get("CITE_BENCH_STARTER_DIR", PROJECT_ROOT.parent / "shared/data/bmmc_cite_starter")
+)
+COLUMNS = {"batch": "batch", "label": "cell_type", "site": "Site", "donor": "DonorNumber"}
+PROCESSING = {
+    "subsample": {"n_cells": None, "seed": 0},
+    "counts_layer": "counts",
+    "target_sum": 10000,
+    "n_top_genes": 200,
+    "clr_axis": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def columns() -> dict[str, str]:
+    return dict(COLUMNS)
+
+
+@pytest.fixture(scope="session")
+def processing_params() -> dict:
+    return {**PROCESSING, "subsample": dict(PROCESSING["subsample"])}
+
+
+@pytest.fixture(scope="session")
+def small_raw() -> ad.AnnData:
+    """A small simulated dataset in the GEO layout (400 cells, 300 genes, 20 proteins)."""
+    from cite_bench.simulation import simulate_cite_seq
+
+    return simulate_cite_seq(n_cells=400, n_genes=300, n_proteins=20, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_mudata(small_raw, processing_params, columns) -> md.MuData:
+    """The small dataset through the whole data_processing chain."""
+    from cite_bench.pipelines.data_processing import nodes
+
+    paired = nodes.split_modalities(small_raw, columns)
+    rna = nodes.preprocess_rna(paired, processing_params, columns)
+    adt = nodes.preprocess_adt(paired, processing_params)
+    return nodes.assemble_mudata(rna, adt, paired)
+
+
+@pytest.fixture(scope="session")
+def starter_dir() -> Path:
+    if not (STARTER_DIR / "rna.h5ad").is_file() or not (STARTER_DIR / "adt.h5ad").is_file():
+        pytest.skip(
+            f"real BMMC starter data not found in {STARTER_DIR} "
+            "(set CITE_BENCH_STARTER_DIR to the folder with rna.h5ad and adt.h5ad)"
+        )
+    return STARTER_DIR
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A scratch copy of the project's configuration, run from its own directory so that
+    artifacts land in a temporary data/ folder."""
+    for name in ("conf", "src", "pyproject.toml", ".telemetry"):
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            ignore = shutil.ignore_patterns("local", "__pycache__", "*.egg-info")
+            shutil.copytree(source, tmp_path / name, ignore=ignore)
+        else:
+            shutil.copy(source, tmp_path / name)
+    (tmp_path / "conf" / "local").mkdir(exist_ok=True)
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_kedro(project_path: Path, env: str | None = None, **run_kwargs) -> dict:
+    """Run a Kedro session in ``project_path`` as ``kedro run`` would."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    runtime_params = run_kwargs.pop("runtime_params", None)
+    bootstrap_project(project_path)
+    with KedroSession.create(
+        project_path=project_path, env=env, runtime_params=runtime_params
+    ) as session:
+        return session.run(**run_kwargs)
+
+
+# Training short enough for tests; used with runtime_params.
+FAST_TRAINING = {
+    "modelling": {
+        "mofa": {"hyperparameters": {"n_iterations": 10, "n_factors": 5}},
+        "totalvi": {"hyperparameters": {"max_epochs": 3, "n_latent": 5}},
+        "multigrate": {"hyperparameters": {"max_epochs": 3, "n_latent": 5}},
+    }
+}

@@ -1,0 +1,146 @@
+"""Contracts of the data_processing nodes, on small simulated data and the real starter."""
+
+from __future__ import annotations
+
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+from cite_bench.datasets import CiteSeqFilesDataset
+from cite_bench.pipelines.data_processing.nodes import (
+    InputDataError,
+    assemble_mudata,
+    extract_cell_metadata,
+    preprocess_adt,
+    preprocess_rna,
+    split_modalities,
+    subsample_cells,
+)
+
+
+def _dense(matrix) -> np.ndarray:
+    return matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix)
+
+
+def test_split_separates_gex_and_adt_and_keeps_counts(small_raw, columns):
+    paired = split_modalities(small_raw, columns)
+    gex = (small_raw.var["feature_types"] == "GEX").to_numpy()
+    assert list(paired.mod) == ["rna", "adt"]
+    assert paired["rna"].n_vars == gex.sum()
+    assert paired["adt"].n_vars == (~gex).sum()
+    total = _dense(small_raw.layers["counts"]).sum()
+    split_total = sum(_dense(paired[m].layers["counts"]).sum() for m in ("rna", "adt"))
+    assert split_total == total
+    assert {"cell_type", "batch", "Site", "DonorNumber"} <= set(paired.obs.columns)
+
+
+def test_split_derives_site_and_donor_from_batch(small_raw, columns):
+    raw = small_raw.copy()
+    raw.obs = raw.obs.drop(columns=["Site", "DonorNumber"])
+    paired = split_modalities(raw, columns)
+    batch = paired.obs["batch"].astype(str)
+    assert (paired.obs["Site"].astype(str) == batch.str[:2]).all()
+    assert (paired.obs["DonorNumber"].astype(str) == batch.str[2:]).all()
+
+
+def test_split_refuses_data_without_feature_types(small_raw, columns):
+    raw = small_raw.copy()
+    del raw.var["feature_types"]
+    with pytest.raises(InputDataError, match="feature_types"):
+        split_modalities(raw, columns)
+
+
+def test_split_refuses_missing_batch_column(small_raw, columns):
+    with pytest.raises(InputDataError, match="'sample'"):
+        split_modalities(small_raw, {**columns, "batch": "sample"})
+
+
+def test_split_reports_unmatched_barcodes(small_raw, columns):
+    gex = (small_raw.var["feature_types"] == "GEX").to_numpy()
+    rna, adt = small_raw[:, gex].copy(), small_raw[:10, ~gex].copy()
+    with pytest.raises(InputDataError, match="390 RNA and 0 ADT barcodes"):
+        split_modalities(md.MuData({"rna": rna, "adt": adt}), columns)
+
+
+def test_subsample_is_reproducible_and_sized(small_mudata):
+    first = subsample_cells(small_mudata, {"n_cells": 100, "seed": 3})
+    again = subsample_cells(small_mudata, {"n_cells": 100, "seed": 3})
+    other = subsample_cells(small_mudata, {"n_cells": 100, "seed": 4})
+    assert first.n_obs == 100 and first["rna"].n_obs == 100 and first["adt"].n_obs == 100
+    assert list(first.obs_names) == list(again.obs_names)
+    assert list(first.obs_names) != list(other.obs_names)
+    assert subsample_cells(small_mudata, {"n_cells": None, "seed": 0}).n_obs == small_mudata.n_obs
+
+
+def test_subsample_larger_than_data_is_an_error(small_mudata):
+    with pytest.raises(InputDataError, match="larger than the data"):
+        subsample_cells(small_mudata, {"n_cells": small_mudata.n_obs + 1, "seed": 0})
+
+
+def test_rna_preprocessing(small_raw, processing_params, columns):
+    paired = split_modalities(small_raw, columns)
+    rna = preprocess_rna(paired, processing_params, columns)
+    assert rna.n_vars == processing_params["n_top_genes"]
+    assert rna.var["highly_variable"].all()
+    # Raw counts are kept untouched for the selected genes.
+    expected = _dense(paired["rna"][:, rna.var_names].layers["counts"])
+    np.testing.assert_array_equal(_dense(rna.layers["counts"]), expected)
+    # normalize_total(1e4) then log1p: expm1 of each row sums to 1e4 over all genes before
+    # selection, so over the selected genes it is at most 1e4 and proportional to counts.
+    counts_all = _dense(paired["rna"].layers["counts"])
+    scale = 1e4 / counts_all.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.expm1(_dense(rna.X)), expected * scale, rtol=1e-4, atol=1e-4)
+
+
+def test_hvg_count_is_capped_at_the_number_of_genes(small_raw, processing_params, columns):
+    paired = split_modalities(small_raw, columns)
+    rna = preprocess_rna(paired, {**processing_params, "n_top_genes": 10_000}, columns)
+    assert rna.n_vars == paired["rna"].n_vars
+
+
+def test_adt_clr_centres_each_cell(small_raw, processing_params, columns):
+    paired = split_modalities(small_raw, columns)
+    adt = preprocess_adt(paired, processing_params)
+    counts = _dense(paired["adt"].layers["counts"])
+    np.testing.assert_array_equal(_dense(adt.layers["counts"]), counts)
+    # muon's 'seurat' CLR with axis=1: log1p(x / exp(mean(log1p(x)))) within each cell.
+    geometric = np.exp(np.log1p(counts).mean(axis=1, keepdims=True))
+    np.testing.assert_allclose(_dense(adt.X), np.log1p(counts / geometric), rtol=1e-5)
+
+
+def test_missing_counts_layer_is_named(small_raw, processing_params, columns):
+    paired = split_modalities(small_raw, columns)
+    with pytest.raises(InputDataError, match="'raw'"):
+        preprocess_adt(paired, {**processing_params, "counts_layer": "raw"})
+
+
+def test_assembled_mudata_round_trips(small_mudata, tmp_path):
+    assert set(small_mudata.mod) == {"rna", "adt"}
+    assert (small_mudata["rna"].obs_names == small_mudata["adt"].obs_names).all()
+    path = tmp_path / "x.h5mu"
+    small_mudata.write_h5mu(path)
+    back = md.read_h5mu(path)
+    assert back.shape == small_mudata.shape
+    assert "counts" in back["rna"].layers and "counts" in back["adt"].layers
+    cells = extract_cell_metadata(back)
+    assert isinstance(cells, pd.DataFrame)
+    assert list(cells.index) == list(small_mudata.obs_names)
+
+
+def test_starter_files_are_processed(starter_dir, processing_params, columns):
+    raw = CiteSeqFilesDataset(
+        rna_filepath=str(starter_dir / "rna.h5ad"), adt_filepath=str(starter_dir / "adt.h5ad")
+    ).load()
+    paired = split_modalities(raw, columns)
+    params = {**processing_params, "n_top_genes": 2000}
+    mdata = assemble_mudata(
+        preprocess_rna(paired, params, columns), preprocess_adt(paired, params), paired
+    )
+    assert mdata.n_obs == 600
+    assert mdata["rna"].n_vars == 1000  # 2000 HVGs capped at the 1000 genes
+    assert mdata["adt"].n_vars == 134
+    assert set(mdata.obs["Site"].astype(str)) == {"s1"}
+    assert set(mdata.obs["DonorNumber"].astype(str)) == {"d1", "d2"}
+    assert isinstance(mdata.obs["cell_type"].dtype, pd.CategoricalDtype)

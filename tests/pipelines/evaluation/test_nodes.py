@@ -1,0 +1,95 @@
+"""Evaluation nodes on embeddings whose scores are known in advance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cite_bench.pipelines.evaluation.nodes import (
+    METRICS,
+    collect_metrics,
+    compute_metrics,
+    embedding_anndata,
+    format_metrics_table,
+)
+
+PARAMS = {"n_neighbors": 15, "seed": 0, "leiden_resolutions": [0.1, 2.0, 5]}
+
+
+def _cells(n_types: int = 4, per_type: int = 60, n_batches: int = 2) -> pd.DataFrame:
+    labels = np.repeat([f"type{i}" for i in range(n_types)], per_type)
+    batches = np.tile([f"s1d{j + 1}" for j in range(n_batches)], n_types * per_type // n_batches)
+    index = [f"cell{i}" for i in range(labels.size)]
+    return pd.DataFrame(
+        {"cell_type": pd.Categorical(labels), "batch": pd.Categorical(batches)}, index=index
+    )
+
+
+def _embedding(cells: pd.DataFrame, separation: float, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    codes = cells["cell_type"].cat.codes.to_numpy()
+    centres = rng.normal(0, 1, (codes.max() + 1, 10)) * separation
+    values = centres[codes] + rng.normal(0, 1, (codes.size, 10))
+    return pd.DataFrame(values, index=cells.index, columns=[f"latent_{i}" for i in range(10)])
+
+
+def test_separated_types_score_near_one(columns):
+    cells = _cells()
+    metrics = compute_metrics(_embedding(cells, separation=20), cells, PARAMS, columns)
+    values = dict(zip(metrics["metric"], metrics["value"], strict=True))
+    assert list(values) == list(METRICS)
+    assert values["ari"] > 0.99 and values["nmi"] > 0.99
+    assert values["graph_connectivity"] == pytest.approx(1.0)
+    assert values["asw_label"] > 0.8
+
+
+def test_random_embedding_scores_low(columns):
+    cells = _cells()
+    rng = np.random.default_rng(0)
+    noise = pd.DataFrame(rng.normal(size=(len(cells), 10)), index=cells.index)
+    values = compute_metrics(noise, cells, PARAMS, columns).set_index("metric")["value"]
+    assert values["ari"] < 0.1 and values["nmi"] < 0.2
+    assert values["asw_label"] < 0.55
+    assert np.isnan(values["isolated_label_asw"])  # every label is in both batches
+    scored = values.dropna()
+    assert ((scored >= 0) & (scored <= 1)).all()
+
+
+def test_isolated_label_asw_is_scored_when_a_label_is_in_one_batch(columns):
+    cells = _cells()
+    cells.loc[cells["cell_type"] == "type3", "batch"] = "s1d1"
+    values = compute_metrics(_embedding(cells, 20), cells, PARAMS, columns)
+    iso = values.set_index("metric").loc["isolated_label_asw", "value"]
+    assert 0.5 < iso <= 1.0
+
+
+def test_embedding_must_match_the_cells(columns):
+    cells = _cells()
+    embedding = _embedding(cells, 5).iloc[:-3]
+    with pytest.raises(ValueError, match="same cells"):
+        embedding_anndata(embedding, cells)
+    broken = _embedding(cells, 5)
+    broken.iloc[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        embedding_anndata(broken, cells)
+
+
+def test_table_and_markdown_layout():
+    metric_rows = pd.DataFrame({"metric": list(METRICS), "value": [0.5, 0.6, 0.7, 0.8, 0.9]})
+    better = metric_rows.assign(value=metric_rows["value"] + 0.05)
+    table = collect_metrics(mofa=metric_rows, totalvi=better)
+    assert list(table.columns) == ["model", "metric", "value"]
+    assert len(table) == 10
+    markdown = format_metrics_table(table)
+    lines = markdown.strip().splitlines()
+    assert lines[0] == "| Metric | mofa | totalvi |"
+    assert lines[2] == "| ARI | 0.500 | **0.550** |"
+    assert len(lines) == 2 + len(METRICS)
+
+
+def test_markdown_shows_missing_values_as_na():
+    table = pd.DataFrame(
+        {"model": ["a", "b"], "metric": ["isolated_label_asw"] * 2, "value": [np.nan, np.nan]}
+    )
+    assert "| Isolated label ASW | n/a | n/a |" in format_metrics_table(table)

@@ -1,0 +1,125 @@
+"""End-to-end: Kedro sessions as `kedro run` starts them, on the demo and on the real starter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+
+from cite_bench.pipelines.evaluation.nodes import METRICS
+from cite_bench.pipelines.modelling.nodes import TRAINERS
+
+from .conftest import FAST_TRAINING, run_kedro
+
+DEMO = {"demo": {"n_cells": 600, "n_genes": 400, "n_proteins": 20, "seed": 0}}
+
+
+def _outputs(root: Path, dataset: str) -> dict[str, Path]:
+    return {
+        "mudata": root / f"data/03_primary/{dataset}.h5mu",
+        "table": root / f"data/08_reporting/{dataset}/metrics.parquet",
+        "markdown": root / f"data/08_reporting/{dataset}/metrics.md",
+        **{
+            model: root / f"data/07_model_output/{dataset}/{model}_embedding.parquet"
+            for model in TRAINERS
+        },
+    }
+
+
+def _check_metrics_table(path: Path) -> pd.DataFrame:
+    table = pd.read_parquet(path)
+    assert set(table["model"]) == set(TRAINERS)
+    assert len(table) == len(TRAINERS) * len(METRICS)
+    wide = table.pivot(index="metric", columns="model", values="value")
+    assert set(wide.index) == set(METRICS)
+    scored = wide.drop(index="isolated_label_asw", errors="ignore")
+    assert scored.notna().all().all()
+    assert ((wide.fillna(0) >= 0) & (wide.fillna(0) <= 1)).all().all()
+    return wide
+
+
+def test_default_run_on_the_demo(project):
+    run_kedro(project, runtime_params={**DEMO, **FAST_TRAINING})
+    outputs = _outputs(project, "demo")
+    mdata = md.read_h5mu(outputs["mudata"])
+    assert mdata.n_obs == 600
+    assert "counts" in mdata["rna"].layers and "counts" in mdata["adt"].layers
+    for model in TRAINERS:
+        embedding = pd.read_parquet(outputs[model])
+        assert embedding.shape[0] == 600
+        assert list(embedding.index) == list(mdata.obs_names)
+        assert (project / f"data/06_models/demo/{model}/model_class.json").is_file()
+    _check_metrics_table(outputs["table"])
+    markdown = outputs["markdown"].read_text()
+    assert markdown.startswith("| Metric | mofa | totalvi | multigrate |")
+    assert markdown.count("**") >= 2 * (len(METRICS) - 1)
+
+
+def test_pipelines_run_one_after_another(project):
+    """Artifacts persist through the catalog between separate `kedro run --pipeline` calls."""
+    params = {**DEMO, **FAST_TRAINING}
+    run_kedro(project, pipeline_names=["data_processing"], runtime_params=params)
+    assert _outputs(project, "demo")["mudata"].is_file()
+    run_kedro(project, pipeline_names=["modelling"], runtime_params=params)
+    assert all(_outputs(project, "demo")[model].is_file() for model in TRAINERS)
+    run_kedro(project, pipeline_names=["evaluation"], runtime_params=params)
+    _check_metrics_table(_outputs(project, "demo")["table"])
+
+
+def test_one_model_can_be_run_by_namespace(project):
+    params = {**DEMO, **FAST_TRAINING}
+    run_kedro(project, pipeline_names=["data_processing"], runtime_params=params)
+    run_kedro(project, namespaces=["modelling.totalvi"], runtime_params=params)
+    outputs = _outputs(project, "demo")
+    assert outputs["totalvi"].is_file()
+    assert not outputs["mofa"].exists() and not outputs["multigrate"].exists()
+
+
+def test_params_on_the_command_line_change_the_run(project):
+    """`kedro run --params` reaches both parameters and the demo's catalog entry."""
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    command = [
+        sys.executable,
+        "-m",
+        "kedro",
+        "run",
+        "--pipeline",
+        "data_processing",
+        "--params",
+        "demo.n_cells=300,demo.n_genes=250,data_processing.n_top_genes=120",
+    ]
+    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    mdata = md.read_h5mu(project / "data/03_primary/demo.h5mu")
+    assert mdata.n_obs == 300
+    assert mdata["rna"].n_vars == 120
+
+
+@pytest.mark.slow
+def test_starter_run_reaches_published_quality(project, starter_dir):
+    """The documented starter command, with its configured (adequate) training length."""
+    run_kedro(
+        project,
+        env="starter",
+        runtime_params={
+            "inputs": {"rna": str(starter_dir / "rna.h5ad"), "adt": str(starter_dir / "adt.h5ad")}
+        },
+    )
+    outputs = _outputs(project, "bmmc_cite_starter")
+    mdata = md.read_h5mu(outputs["mudata"])
+    assert mdata.n_obs == 600
+    for model in TRAINERS:
+        embedding = pd.read_parquet(outputs[model])
+        assert embedding.shape[0] == 600
+        assert np.isfinite(embedding.to_numpy()).all()
+    wide = _check_metrics_table(outputs["table"])
+    assert wide.notna().all().all()  # the starter has isolated labels
+    print("\n" + outputs["markdown"].read_text())
+    assert wide.loc["nmi", "totalvi"] >= 0.65
+    assert wide.loc["nmi", "mofa"] >= 0.65
