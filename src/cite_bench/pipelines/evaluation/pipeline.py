@@ -1,5 +1,7 @@
 """Per-model scoring (one namespace per model, as in modelling), then one table for all."""
 
+import warnings
+
 from kedro.pipeline import Node, Pipeline
 
 from cite_bench.pipelines.modelling.nodes import TRAINERS
@@ -28,8 +30,16 @@ def create_scoring_pipeline(model: str) -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    scoring = sum((create_scoring_pipeline(model) for model in TRAINERS), Pipeline([]))
-    summary = Pipeline(
+    # Scoring reads modelling's namespaced outputs and the table gathers evaluation's by their
+    # full names; Kedro warns about dots in names although its own namespacing made them.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
+        scoring = sum((create_scoring_pipeline(model) for model in TRAINERS), Pipeline([]))
+        return scoring + _summary_pipeline()
+
+
+def _summary_pipeline() -> Pipeline:
+    return Pipeline(
         [
             Node(
                 collect_metrics,
@@ -46,4 +56,3 @@ def create_pipeline(**kwargs) -> Pipeline:
         ],
         tags=["evaluation"],
     )
-    return scoring + summary
