@@ -16,6 +16,7 @@ from cite_bench.pipelines.evaluation.nodes import METRICS
 from cite_bench.pipelines.modelling.nodes import TRAINERS
 
 from .conftest import FAST_TRAINING, run_kedro
+from .test_tracking import check_run_layout
 
 DEMO = {"demo": {"n_cells": 600, "n_genes": 400, "n_proteins": 20, "seed": 0}}
 
@@ -55,10 +56,13 @@ def test_default_run_on_the_demo(project):
         assert embedding.shape[0] == 600
         assert list(embedding.index) == list(mdata.obs_names)
         assert (project / f"data/06_models/demo/{model}/model_class.json").is_file()
-    _check_metrics_table(outputs["table"])
+    table = _check_metrics_table(outputs["table"])
     markdown = outputs["markdown"].read_text()
     assert markdown.startswith("| Metric | mofa | totalvi | multigrate |")
     assert markdown.count("**") >= 2 * (len(METRICS) - 1)
+    # The run is tracked in the embedded MLflow store: one parent, one child per model.
+    check_run_layout(f"sqlite:///{project / 'mlflow.db'}", pd.read_parquet(outputs["table"]))
+    assert table.shape == (len(METRICS), len(TRAINERS))
 
 
 def test_pipelines_run_one_after_another(project):

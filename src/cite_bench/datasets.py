@@ -23,12 +23,14 @@ import anndata as ad
 import fsspec
 import mudata as md
 import numpy as np
+import pandas as pd
 from kedro.io.core import (
     AbstractDataset,
     AbstractVersionedDataset,
     DatasetError,
     Version,
 )
+from kedro_datasets._typing import TablePreview
 
 from cite_bench.simulation import simulate_cite_seq
 
@@ -116,6 +118,15 @@ class _H5Dataset(AbstractVersionedDataset[Any, Any]):
         with atomic_path(path) as temporary:
             self._write(data, temporary)
 
+    def preview(self) -> TablePreview:
+        """Shapes and layers for kedro-viz, read in backed mode (the matrices stay on disk)."""
+        path = Path(self._get_load_path())
+        _require_file(path, self._kind)
+        return TablePreview(self._overview(path).to_dict(orient="split"))
+
+    def _overview(self, path: Path) -> pd.DataFrame:
+        raise NotImplementedError
+
     def _describe(self) -> dict[str, Any]:
         return {
             "filepath": str(self._filepath),
@@ -142,6 +153,9 @@ class AnnDataDataset(_H5Dataset):
     def _write(self, data: ad.AnnData, path: Path) -> None:
         data.write_h5ad(path, **self._save_args)
 
+    def _overview(self, path: Path) -> pd.DataFrame:
+        return _modality_overview({"": ad.read_h5ad(path, backed="r")})
+
 
 class MuDataDataset(_H5Dataset):
     """A ``MuData`` object in an ``.h5mu`` file (``mudata.read_h5mu`` / ``write_h5mu``)."""
@@ -153,6 +167,32 @@ class MuDataDataset(_H5Dataset):
 
     def _write(self, data: md.MuData, path: Path) -> None:
         data.write_h5mu(path, **self._save_args)
+
+    def _overview(self, path: Path) -> pd.DataFrame:
+        mdata = md.read_h5mu(path, backed=True)
+        overview = _modality_overview(dict(mdata.mod))
+        whole = {
+            "modality": "(MuData)",
+            "cells": mdata.n_obs,
+            "features": mdata.n_vars,
+            "layers": "",
+            "obs columns": ", ".join(map(str, mdata.obs.columns)),
+        }
+        return pd.concat([pd.DataFrame([whole]), overview], ignore_index=True)
+
+
+def _modality_overview(modalities: dict[str, ad.AnnData]) -> pd.DataFrame:
+    rows = [
+        {
+            "modality": name or "(AnnData)",
+            "cells": adata.n_obs,
+            "features": adata.n_vars,
+            "layers": ", ".join(str(layer) for layer in adata.layers if layer is not None),
+            "obs columns": ", ".join(map(str, adata.obs.columns)),
+        }
+        for name, adata in modalities.items()
+    ]
+    return pd.DataFrame(rows)
 
 
 class CiteSeqFilesDataset(AbstractDataset[None, md.MuData]):

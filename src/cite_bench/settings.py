@@ -1,11 +1,16 @@
 """Project settings (https://docs.kedro.org/en/stable/kedro_project_setup/settings.html)."""
 
+from cite_bench.tracking import MlflowTrackingHook
+
+HOOKS = (MlflowTrackingHook(),)
+
+# Tracking is this project's own hook: keep kedro-mlflow's off if it happens to be installed.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
+
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     # An environment's parameters refine base's block by block instead of replacing them.
-    "merge_strategy": {"parameters": "soft", "globals": "soft"},
+    "merge_strategy": {"parameters": "soft", "globals": "soft", "tracking": "soft"},
+    "config_patterns": {"tracking": ["tracking*", "tracking*/**"]},
 }
-
-# Tracking is not wired yet: keep kedro-mlflow's hooks off if it happens to be installed.
-DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")

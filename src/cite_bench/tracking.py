@@ -1,0 +1,362 @@
+"""MLflow tracking through a Kedro hook, so that nodes stay free of tracking code.
+
+Each ``kedro run`` is one parent run; each model it touches is a child run tagged with model,
+dataset, number of cells, seed and git commit, carrying the model's hyperparameters and the
+preprocessing parameters as params and the evaluation metrics under the same keys for every
+model, so that selecting the child runs and pressing Compare in the MLflow UI gives the
+reference table.
+
+A project hook rather than kedro-mlflow: kedro-mlflow logs one flat run per ``kedro run``,
+while a benchmark needs one comparable run per model.
+
+Tracking never costs an artifact: everything is logged after the catalog has saved it, and a
+failure to log is reported as a warning while the run goes on. An unreachable tracking server
+stops the run before any work starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from kedro.framework.hooks import hook_impl
+from kedro.pipeline import Pipeline
+
+logger = logging.getLogger(__name__)
+
+MODELLING = "modelling"
+EVALUATION = "evaluation"
+# Environment switches, above the configuration file and below `--params tracking.*`.
+URI_VARIABLE = "MLFLOW_TRACKING_URI"
+ENABLED_VARIABLE = "CITE_BENCH_TRACKING"
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server cannot be reached; raised before any node runs."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool
+    tracking_uri: str
+    experiment_name: str
+    artifact_location: str | None
+    connect_timeout_s: float
+
+
+def resolve_config(
+    conf: Mapping[str, Any],
+    runtime_params: Mapping[str, Any] | None,
+    project_path: Path,
+    environ: Mapping[str, str] = os.environ,
+) -> TrackingConfig:
+    """Merge ``conf/<env>/tracking.yml``, the environment and ``--params tracking.*``.
+
+    A relative ``sqlite:///`` store and the artifact folder are anchored at the project root,
+    so a run logs to the same embedded store wherever it is started from.
+    """
+    settings = dict(conf)
+    if URI_VARIABLE in environ:
+        settings["tracking_uri"] = environ[URI_VARIABLE]
+    if ENABLED_VARIABLE in environ:
+        settings["enabled"] = environ[ENABLED_VARIABLE].strip().lower() not in {
+            "0",
+            "false",
+            "no",
+            "off",
+        }
+    settings.update(dict((runtime_params or {}).get("tracking") or {}))
+
+    uri = str(settings.get("tracking_uri", "sqlite:///mlflow.db"))
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{(project_path / uri.removeprefix('sqlite:///')).as_posix()}"
+    artifact_location = settings.get("artifact_location")
+    if artifact_location and "://" not in str(artifact_location):
+        artifact_location = (project_path / str(artifact_location)).resolve().as_uri()
+    return TrackingConfig(
+        enabled=bool(settings.get("enabled", True)),
+        tracking_uri=uri,
+        experiment_name=str(settings.get("experiment_name", "cite-bench")),
+        artifact_location=artifact_location,
+        connect_timeout_s=float(settings.get("connect_timeout_s", 10)),
+    )
+
+
+def check_reachable(config: TrackingConfig) -> None:
+    """Fail fast, naming the URI, when an HTTP tracking server does not answer."""
+    if not config.tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    url = config.tracking_uri.rstrip("/") + "/health"
+    try:
+        response = requests.get(url, timeout=config.connect_timeout_s)
+        response.raise_for_status()
+    except requests.RequestException as exc:
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {config.tracking_uri} is unreachable ({exc.__class__.__name__}"
+            f": {exc}). Start it, point MLFLOW_TRACKING_URI elsewhere, or run without tracking "
+            "(`--params tracking.enabled=false` or CITE_BENCH_TRACKING=false)."
+        ) from exc
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested parameters as MLflow params: ``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def models_in(pipeline: Pipeline) -> list[str]:
+    """Models whose modelling or evaluation nodes are part of this run, in pipeline order."""
+    models: dict[str, None] = {}
+    for node in pipeline.nodes:
+        parts = (node.namespace or "").split(".")
+        if len(parts) == 2 and parts[0] in (MODELLING, EVALUATION):
+            models[parts[1]] = None
+    return list(models)
+
+
+def git_commit(project_path: Path) -> str:
+    """The checked-out commit, marked ``-dirty`` when the work tree has changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=project_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=project_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if status else commit
+
+
+class MlflowTrackingHook:
+    """Parent run per ``kedro run``, child run per model; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._client: Any = None
+        self._parent: str | None = None
+        self._children: dict[str, str] = {}
+        self._embeddings: set[str] = set()
+        self._failures = 0
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._project_path = Path(context.project_path)
+        self._params = context.params
+        try:
+            self._conf = context.config_loader["tracking"]
+        except KeyError:
+            self._conf = {}
+        try:
+            self._dataset = context.config_loader["globals"].get("dataset", "unknown")
+        except KeyError:
+            self._dataset = "unknown"
+        self._env = context.env
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline) -> None:
+        self._reset()
+        config = resolve_config(self._conf, run_params.get("runtime_params"), self._project_path)
+        if not config.enabled:
+            logger.info("MLflow tracking is off for this run.")
+            return
+        check_reachable(config)
+        # Do not let a server that goes away later stall the run for minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(config.connect_timeout_s)))
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=config.tracking_uri)
+        experiment = client.get_experiment_by_name(config.experiment_name)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else client.create_experiment(
+                config.experiment_name, artifact_location=config.artifact_location
+            )
+        )
+        commit = git_commit(self._project_path)
+        shared_tags = {
+            "dataset": str(self._dataset),
+            "git_commit": commit,
+            "kedro_env": str(self._env),
+            "kedro_session": str(run_params.get("run_id")),
+        }
+        pipelines = ",".join(run_params.get("pipeline_names") or ["__default__"])
+        parent = client.create_run(
+            experiment_id,
+            run_name=f"{self._dataset} {pipelines}",
+            tags={**shared_tags, "pipelines": pipelines},
+        )
+        self._client, self._parent = client, parent.info.run_id
+        shared_params = {
+            **flatten(self._params.get("columns", {}), "columns."),
+            **flatten(self._params.get("data_processing", {}), "data_processing."),
+            **flatten(self._params.get(EVALUATION, {}), "evaluation."),
+        }
+        self._log_params(self._parent, shared_params)
+        for model in models_in(pipeline):
+            hyperparameters = (
+                self._params.get(MODELLING, {}).get(model, {}).get("hyperparameters", {})
+            )
+            child = client.create_run(
+                experiment_id,
+                run_name=model,
+                tags={
+                    **shared_tags,
+                    "mlflow.parentRunId": self._parent,
+                    "model": model,
+                    "seed": str(hyperparameters.get("seed", "")),
+                },
+            )
+            self._children[model] = child.info.run_id
+            self._log_params(
+                child.info.run_id, {**shared_params, **flatten(hyperparameters, "model.")}
+            )
+        logger.info(
+            "MLflow: run %s in experiment '%s' at %s",
+            self._parent,
+            config.experiment_name,
+            config.tracking_uri,
+        )
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, data: Any) -> None:
+        if dataset_name == "cell_metadata":
+            self._tag_cell_count(len(data))
+        elif dataset_name.endswith(".embedding"):
+            # An evaluation-only run still records the embedding it scored.
+            self.after_dataset_saved(dataset_name, data)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
+        if self._client is None:
+            return
+        if dataset_name == "cell_metadata":
+            self._tag_cell_count(len(data))
+            return
+        if dataset_name == "metrics_table":
+            self._safely(
+                "metrics table", lambda: self._log_frame(self._parent, data, "metrics.parquet")
+            )
+            return
+        if dataset_name == "metrics_markdown":
+            self._safely(
+                "metrics markdown",
+                lambda: self._client.log_text(self._parent, data, "metrics.md"),
+            )
+            return
+        parts = dataset_name.split(".")
+        if len(parts) != 3 or parts[1] not in self._children:
+            return
+        stage, model, output = parts
+        run_id = self._children[model]
+        if (stage, output) == (MODELLING, "training_summary"):
+            self._safely(f"{model} training summary", lambda: self._log_summary(run_id, data))
+        elif (stage, output) == (MODELLING, "embedding") and model not in self._embeddings:
+            self._embeddings.add(model)
+            self._safely(
+                f"{model} embedding",
+                lambda: self._log_frame(run_id, data, f"{model}_embedding.parquet"),
+            )
+        elif (stage, output) == (EVALUATION, "metrics"):
+            metrics = dict(zip(data["metric"], data["value"], strict=True))
+            self._safely(f"{model} metrics", lambda: self._log_metrics(run_id, metrics))
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._finish("FINISHED")
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._finish("FAILED")
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _finish(self, status: str) -> None:
+        if self._client is None:
+            return
+        for run_id in [*self._children.values(), self._parent]:
+            self._safely("run status", lambda r=run_id: self._client.set_terminated(r, status))
+        if self._failures:
+            logger.warning(
+                "MLflow: %d tracking call(s) failed in this run; every artifact is still in "
+                "the data catalog.",
+                self._failures,
+            )
+        self._reset()
+
+    def _safely(self, what: str, action: Callable[[], Any]) -> None:
+        """Log a tracking failure and go on: the artifact is already saved in the catalog."""
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001 - any tracking failure must not stop a run
+            self._failures += 1
+            logger.warning("MLflow: could not log %s (%s: %s)", what, type(exc).__name__, exc)
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        batch = [Param(key, value[:6000]) for key, value in params.items()]
+        self._safely("parameters", lambda: self._client.log_batch(run_id, params=batch))
+
+    def _log_metrics(self, run_id: str, metrics: Mapping[str, float | None]) -> None:
+        from mlflow.entities import Metric
+
+        stamp = pd.Timestamp.now().value // 1_000_000
+        batch = [
+            Metric(key, math.nan if value is None else float(value), stamp, 0)
+            for key, value in metrics.items()
+        ]
+        self._client.log_batch(run_id, metrics=batch)
+
+    def _log_summary(self, run_id: str, summary: Mapping[str, Any]) -> None:
+        self._log_metrics(
+            run_id,
+            {
+                key: summary.get(key)
+                for key in ("training_time_s", "final_training_loss", "n_epochs_trained")
+            },
+        )
+        self._client.set_tag(run_id, "device", str(summary.get("device", "")))
+        self._client.set_tag(run_id, "n_cells", str(summary.get("n_cells", "")))
+
+    def _log_frame(self, run_id: str, frame: pd.DataFrame, name: str) -> None:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / name
+            frame.to_parquet(path)
+            self._client.log_artifact(run_id, str(path))
+
+    def _tag_cell_count(self, n_cells: int) -> None:
+        if self._client is None:
+            return
+        for run_id in [self._parent, *self._children.values()]:
+            self._safely(
+                "cell count", lambda r=run_id: self._client.set_tag(r, "n_cells", str(n_cells))
+            )
