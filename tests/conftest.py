@@ -20,6 +20,7 @@ STARTER_DIR = Path(
 COLUMNS = {"batch": "batch", "label": "cell_type", "site": "Site", "donor": "DonorNumber"}
 PROCESSING = {
     "subsample": {"n_cells": None, "seed": 0},
+    "min_cells_per_batch": 5,
     "counts_layer": "counts",
     "target_sum": 10000,
     "n_top_genes": 200,
@@ -50,7 +51,7 @@ def small_mudata(small_raw, processing_params, columns) -> md.MuData:
     """The small dataset through the whole data_processing chain."""
     from cite_bench.pipelines.data_processing import nodes
 
-    paired = nodes.split_modalities(small_raw, columns)
+    paired = nodes.validate_input(small_raw, columns, processing_params)
     rna = nodes.preprocess_rna(paired, processing_params, columns)
     adt = nodes.preprocess_adt(paired, processing_params)
     return nodes.assemble_mudata(rna, adt, paired)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import subprocess
 import sys
@@ -129,3 +131,57 @@ def test_starter_run_reaches_published_quality(project, starter_dir):
     print("\n" + outputs["markdown"].read_text())
     assert wide.loc["nmi", "totalvi"] >= 0.65
     assert wide.loc["nmi", "mofa"] >= 0.65
+
+
+def test_same_seed_same_numbers(project):
+    """Two runs with the same seeds give identical embeddings and metric tables."""
+    params = {**DEMO, **FAST_TRAINING, "tracking": {"enabled": False}}
+    outputs = _outputs(project, "demo")
+    run_kedro(project, runtime_params=params)
+    first = {name: pd.read_parquet(outputs[name]) for name in ("table", *TRAINERS)}
+    run_kedro(project, runtime_params=params)
+    for name, frame in first.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(outputs[name]), frame)
+    summary = project / "data/07_model_output/demo/totalvi_training_summary.json"
+    recorded = json.loads(summary.read_text())
+    assert recorded["seed"] == 0
+    assert recorded["versions"]["scvi-tools"] and recorded["versions"]["torch"]
+
+
+def test_a_failed_model_keeps_the_others_and_resumes(project):
+    """A model that fails leaves finished work in place; `--only-missing-outputs` resumes."""
+    params = {**DEMO, **FAST_TRAINING, "tracking": {"enabled": False}}
+    broken = copy.deepcopy(params)
+    broken["modelling"]["multigrate"]["hyperparameters"]["model_kwargs"] = {"no_such_option": 1}
+    with pytest.raises(TypeError, match="no_such_option"):
+        run_kedro(project, runtime_params=broken)
+    outputs = _outputs(project, "demo")
+    assert outputs["mudata"].is_file() and outputs["mofa"].is_file()
+    assert not outputs["multigrate"].exists()
+    finished = outputs["mofa"].stat().st_mtime_ns
+    run_kedro(project, runtime_params=params, only_missing_outputs=True)
+    assert outputs["mofa"].stat().st_mtime_ns == finished  # not trained again
+    _check_metrics_table(outputs["table"])
+
+
+def test_a_dataset_without_labels_still_trains_and_says_what_was_skipped(project, small_raw):
+    raw = small_raw.copy()
+    del raw.obs["cell_type"]
+    path = project / "unlabelled.h5ad"
+    raw.write_h5ad(path)
+    run_kedro(
+        project,
+        env="geo",
+        runtime_params={
+            **FAST_TRAINING,
+            "inputs": {"geo": str(path)},
+            "data_processing": {"subsample": {"n_cells": None}},
+            "tracking": {"enabled": False},
+        },
+    )
+    for model in TRAINERS:
+        assert (project / f"data/07_model_output/bmmc_cite/{model}_embedding.parquet").is_file()
+    table = pd.read_parquet(project / "data/08_reporting/bmmc_cite/metrics.parquet")
+    assert table["value"].isna().all()
+    assert table["note"].str.contains("no cell-type labels").all()
+    assert "no cell-type labels" in (project / "data/08_reporting/bmmc_cite/metrics.md").read_text()

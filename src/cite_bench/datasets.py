@@ -21,6 +21,9 @@ from typing import Any
 
 import anndata as ad
 import fsspec
+import kedro_datasets.json
+import kedro_datasets.pandas
+import kedro_datasets.text
 import mudata as md
 import numpy as np
 import pandas as pd
@@ -37,37 +40,104 @@ from cite_bench.simulation import simulate_cite_seq
 _LOCAL = fsspec.filesystem("file")
 
 
-@contextlib.contextmanager
-def atomic_path(target: Path, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``target`` and move it into place only on success."""
+def _temporary_sibling(target: Path, directory: bool = False) -> Path:
+    """A new hidden file or folder beside ``target``, on the same filesystem."""
     target.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{target.name}.tmp-"
     if directory:
-        temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    handle, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+    os.close(handle)
+    return Path(name)
+
+
+def _publish(temporary: Path, target: Path) -> None:
+    """Move a finished temporary into place in one rename."""
+    # mkstemp/mkdtemp create private entries: give the artifact the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    temporary.chmod((0o777 if temporary.is_dir() else 0o666) & ~umask)
+    if temporary.is_dir() and target.exists():
+        # A directory cannot be renamed over a non-empty one: swap via a second rename.
+        stale = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(stale)
+        temporary.rename(target)
+        shutil.rmtree(stale)
     else:
-        handle, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
-        os.close(handle)
-        temporary = Path(name)
+        os.replace(temporary, target)
+
+
+def _discard(temporary: Path) -> None:
+    if temporary.is_dir():
+        shutil.rmtree(temporary)
+    else:
+        temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``target`` and move it into place only on success."""
+    temporary = _temporary_sibling(target, directory)
     try:
         yield temporary
-        # mkstemp/mkdtemp create private entries: give the artifact the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        temporary.chmod((0o777 if directory else 0o666) & ~umask)
-        if directory and target.exists():
-            # A directory cannot be renamed over a non-empty one: swap via a second rename.
-            stale = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(stale)
-            temporary.rename(target)
-            shutil.rmtree(stale)
-        else:
-            os.replace(temporary, target)
+        _publish(temporary, target)
     finally:
         if temporary.exists():
-            if temporary.is_dir():
-                shutil.rmtree(temporary)
-            else:
-                temporary.unlink()
+            _discard(temporary)
+
+
+class _AtomicSave:
+    """Make a kedro-datasets file dataset write atomically on the local filesystem.
+
+    While ``save`` runs, the dataset's save path points at a temporary sibling; the finished
+    file is renamed into place before Kedro checks versions, and discarded on failure.
+    """
+
+    _staged: tuple[Path, Path] | None = None
+    _saving: bool = False
+
+    def save(self, data: Any) -> None:
+        self._saving = True
+        try:
+            super().save(data)
+            self._commit()
+        finally:
+            self._saving = False
+            if self._staged is not None:
+                _discard(self._staged[0])
+                self._staged = None
+
+    def _get_save_path(self) -> PurePosixPath:
+        path = super()._get_save_path()
+        if not self._saving or getattr(self, "_protocol", "file") != "file":
+            return path
+        if self._staged is None:
+            final = Path(path)
+            self._staged = (_temporary_sibling(final), final)
+        return PurePosixPath(self._staged[0])
+
+    def _invalidate_cache(self) -> None:
+        # kedro-datasets call this at the end of a successful write.
+        self._commit()
+        super()._invalidate_cache()
+
+    def _commit(self) -> None:
+        if self._staged is not None:
+            temporary, final = self._staged
+            self._staged = None
+            _publish(temporary, final)
+
+
+class ParquetDataset(_AtomicSave, kedro_datasets.pandas.ParquetDataset):
+    """``kedro_datasets.pandas.ParquetDataset`` with atomic local writes."""
+
+
+class JSONDataset(_AtomicSave, kedro_datasets.json.JSONDataset):
+    """``kedro_datasets.json.JSONDataset`` with atomic local writes."""
+
+
+class TextDataset(_AtomicSave, kedro_datasets.text.TextDataset):
+    """``kedro_datasets.text.TextDataset`` with atomic local writes."""
 
 
 def _require_file(path: Path, what: str) -> None:

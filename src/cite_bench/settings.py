@@ -1,8 +1,9 @@
 """Project settings (https://docs.kedro.org/en/stable/kedro_project_setup/settings.html)."""
 
+from cite_bench.parameters import ParameterValidationHook
 from cite_bench.tracking import MlflowTrackingHook
 
-HOOKS = (MlflowTrackingHook(),)
+HOOKS = (ParameterValidationHook(), MlflowTrackingHook())
 
 # Tracking is this project's own hook: keep kedro-mlflow's off if it happens to be installed.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")

@@ -346,6 +346,8 @@ class MlflowTrackingHook:
         )
         self._client.set_tag(run_id, "device", str(summary.get("device", "")))
         self._client.set_tag(run_id, "n_cells", str(summary.get("n_cells", "")))
+        for package, version in (summary.get("versions") or {}).items():
+            self._client.set_tag(run_id, f"version.{package}", str(version))
 
     def _log_frame(self, run_id: str, frame: pd.DataFrame, name: str) -> None:
         with tempfile.TemporaryDirectory() as scratch:

@@ -15,8 +15,8 @@ from cite_bench.pipelines.data_processing.nodes import (
     extract_cell_metadata,
     preprocess_adt,
     preprocess_rna,
-    split_modalities,
     subsample_cells,
+    validate_input,
 )
 
 
@@ -24,8 +24,8 @@ def _dense(matrix) -> np.ndarray:
     return matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix)
 
 
-def test_split_separates_gex_and_adt_and_keeps_counts(small_raw, columns):
-    paired = split_modalities(small_raw, columns)
+def test_validation_separates_gex_and_adt_and_keeps_counts(small_raw, columns, processing_params):
+    paired = validate_input(small_raw, columns, processing_params)
     gex = (small_raw.var["feature_types"] == "GEX").to_numpy()
     assert list(paired.mod) == ["rna", "adt"]
     assert paired["rna"].n_vars == gex.sum()
@@ -36,51 +36,62 @@ def test_split_separates_gex_and_adt_and_keeps_counts(small_raw, columns):
     assert {"cell_type", "batch", "Site", "DonorNumber"} <= set(paired.obs.columns)
 
 
-def test_split_derives_site_and_donor_from_batch(small_raw, columns):
+def test_validation_derives_site_and_donor_from_batch(small_raw, columns, processing_params):
     raw = small_raw.copy()
     raw.obs = raw.obs.drop(columns=["Site", "DonorNumber"])
-    paired = split_modalities(raw, columns)
+    paired = validate_input(raw, columns, processing_params)
     batch = paired.obs["batch"].astype(str)
     assert (paired.obs["Site"].astype(str) == batch.str[:2]).all()
     assert (paired.obs["DonorNumber"].astype(str) == batch.str[2:]).all()
 
 
-def test_split_refuses_data_without_feature_types(small_raw, columns):
+def test_validation_refuses_data_without_feature_types(small_raw, columns, processing_params):
     raw = small_raw.copy()
     del raw.var["feature_types"]
     with pytest.raises(InputDataError, match="feature_types"):
-        split_modalities(raw, columns)
+        validate_input(raw, columns, processing_params)
 
 
-def test_split_refuses_missing_batch_column(small_raw, columns):
+def test_validation_refuses_missing_batch_column(small_raw, columns, processing_params):
     with pytest.raises(InputDataError, match="'sample'"):
-        split_modalities(small_raw, {**columns, "batch": "sample"})
+        validate_input(small_raw, {**columns, "batch": "sample"}, processing_params)
 
 
-def test_split_reports_unmatched_barcodes(small_raw, columns):
+def test_validation_reports_unmatched_barcodes(small_raw, columns, processing_params):
     gex = (small_raw.var["feature_types"] == "GEX").to_numpy()
     rna, adt = small_raw[:, gex].copy(), small_raw[:10, ~gex].copy()
     with pytest.raises(InputDataError, match="390 RNA and 0 ADT barcodes"):
-        split_modalities(md.MuData({"rna": rna, "adt": adt}), columns)
+        validate_input(md.MuData({"rna": rna, "adt": adt}), columns, processing_params)
 
 
-def test_subsample_is_reproducible_and_sized(small_mudata):
-    first = subsample_cells(small_mudata, {"n_cells": 100, "seed": 3})
-    again = subsample_cells(small_mudata, {"n_cells": 100, "seed": 3})
-    other = subsample_cells(small_mudata, {"n_cells": 100, "seed": 4})
+def _subsample(n_cells: int | None, seed: int) -> dict:
+    return {"subsample": {"n_cells": n_cells, "seed": seed}, "min_cells_per_batch": 2}
+
+
+def test_subsample_is_reproducible_and_sized(small_mudata, columns):
+    first = subsample_cells(small_mudata, _subsample(100, 3), columns)
+    again = subsample_cells(small_mudata, _subsample(100, 3), columns)
+    other = subsample_cells(small_mudata, _subsample(100, 4), columns)
     assert first.n_obs == 100 and first["rna"].n_obs == 100 and first["adt"].n_obs == 100
     assert list(first.obs_names) == list(again.obs_names)
     assert list(first.obs_names) != list(other.obs_names)
-    assert subsample_cells(small_mudata, {"n_cells": None, "seed": 0}).n_obs == small_mudata.n_obs
+    everything = subsample_cells(small_mudata, _subsample(None, 0), columns)
+    assert everything.n_obs == small_mudata.n_obs
 
 
-def test_subsample_larger_than_data_is_an_error(small_mudata):
+def test_subsample_larger_than_data_is_an_error(small_mudata, columns):
     with pytest.raises(InputDataError, match="larger than the data"):
-        subsample_cells(small_mudata, {"n_cells": small_mudata.n_obs + 1, "seed": 0})
+        subsample_cells(small_mudata, _subsample(small_mudata.n_obs + 1, 0), columns)
+
+
+def test_subsample_that_empties_a_batch_is_an_error(small_mudata, columns):
+    params = {**_subsample(20, 0), "min_cells_per_batch": 10}
+    with pytest.raises(InputDataError, match="too small"):
+        subsample_cells(small_mudata, params, columns)
 
 
 def test_rna_preprocessing(small_raw, processing_params, columns):
-    paired = split_modalities(small_raw, columns)
+    paired = validate_input(small_raw, columns, processing_params)
     rna = preprocess_rna(paired, processing_params, columns)
     assert rna.n_vars == processing_params["n_top_genes"]
     assert rna.var["highly_variable"].all()
@@ -95,13 +106,13 @@ def test_rna_preprocessing(small_raw, processing_params, columns):
 
 
 def test_hvg_count_is_capped_at_the_number_of_genes(small_raw, processing_params, columns):
-    paired = split_modalities(small_raw, columns)
+    paired = validate_input(small_raw, columns, processing_params)
     rna = preprocess_rna(paired, {**processing_params, "n_top_genes": 10_000}, columns)
     assert rna.n_vars == paired["rna"].n_vars
 
 
 def test_adt_clr_centres_each_cell(small_raw, processing_params, columns):
-    paired = split_modalities(small_raw, columns)
+    paired = validate_input(small_raw, columns, processing_params)
     adt = preprocess_adt(paired, processing_params)
     counts = _dense(paired["adt"].layers["counts"])
     np.testing.assert_array_equal(_dense(adt.layers["counts"]), counts)
@@ -111,7 +122,7 @@ def test_adt_clr_centres_each_cell(small_raw, processing_params, columns):
 
 
 def test_missing_counts_layer_is_named(small_raw, processing_params, columns):
-    paired = split_modalities(small_raw, columns)
+    paired = validate_input(small_raw, columns, processing_params)
     with pytest.raises(InputDataError, match="'raw'"):
         preprocess_adt(paired, {**processing_params, "counts_layer": "raw"})
 
@@ -133,7 +144,7 @@ def test_starter_files_are_processed(starter_dir, processing_params, columns):
     raw = CiteSeqFilesDataset(
         rna_filepath=str(starter_dir / "rna.h5ad"), adt_filepath=str(starter_dir / "adt.h5ad")
     ).load()
-    paired = split_modalities(raw, columns)
+    paired = validate_input(raw, columns, processing_params)
     params = {**processing_params, "n_top_genes": 2000}
     mdata = assemble_mudata(
         preprocess_rna(paired, params, columns), preprocess_adt(paired, params), paired

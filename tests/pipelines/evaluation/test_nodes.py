@@ -76,10 +76,12 @@ def test_embedding_must_match_the_cells(columns):
 
 
 def test_table_and_markdown_layout():
-    metric_rows = pd.DataFrame({"metric": list(METRICS), "value": [0.5, 0.6, 0.7, 0.8, 0.9]})
+    metric_rows = pd.DataFrame(
+        {"metric": list(METRICS), "value": [0.5, 0.6, 0.7, 0.8, 0.9], "note": ""}
+    )
     better = metric_rows.assign(value=metric_rows["value"] + 0.05)
     table = collect_metrics(mofa=metric_rows, totalvi=better)
-    assert list(table.columns) == ["model", "metric", "value"]
+    assert list(table.columns) == ["model", "metric", "value", "note"]
     assert len(table) == 10
     markdown = format_metrics_table(table)
     lines = markdown.strip().splitlines()
@@ -90,6 +92,31 @@ def test_table_and_markdown_layout():
 
 def test_markdown_shows_missing_values_as_na():
     table = pd.DataFrame(
-        {"model": ["a", "b"], "metric": ["isolated_label_asw"] * 2, "value": [np.nan, np.nan]}
+        {
+            "model": ["a", "b"],
+            "metric": ["isolated_label_asw"] * 2,
+            "value": [np.nan, np.nan],
+            "note": ["skipped: no isolated label"] * 2,
+        }
     )
-    assert "| Isolated label ASW | n/a | n/a |" in format_metrics_table(table)
+    markdown = format_metrics_table(table)
+    assert "| Isolated label ASW | n/a | n/a |" in markdown
+    assert "- Isolated label ASW: skipped: no isolated label" in markdown
+
+
+def test_without_labels_every_label_metric_is_skipped_with_the_reason(columns):
+    cells = _cells().drop(columns="cell_type")
+    metrics = compute_metrics(_embedding(_cells(), 5), cells, PARAMS, columns)
+    assert metrics["value"].isna().all()
+    assert metrics["note"].str.contains("no cell-type labels").all()
+
+
+def test_unlabelled_cells_are_left_out_and_said_so(columns):
+    cells = _cells()
+    cells["cell_type"] = cells["cell_type"].astype(object)
+    cells.iloc[:30, cells.columns.get_loc("cell_type")] = None
+    cells["cell_type"] = cells["cell_type"].astype("category")
+    metrics = compute_metrics(_embedding(cells, 20), cells, PARAMS, columns)
+    values = metrics.set_index("metric")
+    assert values.loc["nmi", "value"] > 0.95
+    assert values.loc["nmi", "note"] == "on the 210 of 240 cells with a label"

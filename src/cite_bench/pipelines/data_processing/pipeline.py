@@ -7,8 +7,8 @@ from .nodes import (
     extract_cell_metadata,
     preprocess_adt,
     preprocess_rna,
-    split_modalities,
     subsample_cells,
+    validate_input,
 )
 
 
@@ -16,14 +16,14 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                split_modalities,
-                inputs=["raw_cite_seq", "params:columns"],
+                validate_input,
+                inputs=["raw_cite_seq", "params:columns", "params:data_processing"],
                 outputs="paired_modalities",
-                name="split_modalities",
+                name="validate_input",
             ),
             Node(
                 subsample_cells,
-                inputs=["paired_modalities", "params:data_processing.subsample"],
+                inputs=["paired_modalities", "params:data_processing", "params:columns"],
                 outputs="subsampled_modalities",
                 name="subsample_cells",
             ),

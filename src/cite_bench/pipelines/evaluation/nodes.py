@@ -48,11 +48,40 @@ def compute_metrics(
 ) -> pd.DataFrame:
     """kNN graph on the embedding, then ARI and NMI of Leiden clusters at the resolution that
     best matches the labels, cell-type silhouette, graph connectivity and isolated-label
-    silhouette (all scib, all in [0, 1])."""
+    silhouette (all scib, all in [0, 1]).
+
+    Returns one row per metric with a ``note`` saying why a metric is missing (no labels, no
+    isolated label) or what it was computed on.
+    """
+    label = columns["label"]
+    adata = embedding_anndata(embedding, cells)
+    labelled = (
+        adata.obs[label].notna().to_numpy()
+        if label in adata.obs
+        else np.zeros(adata.n_obs, dtype=bool)
+    )
+    if not labelled.any():
+        reason = f"skipped: no cell-type labels (obs column '{label}')"
+        logger.warning("Evaluation %s; reporting the metrics as missing.", reason)
+        return _metric_table(dict.fromkeys(METRICS, np.nan), dict.fromkeys(METRICS, reason))
+    notes = dict.fromkeys(METRICS, "")
+    if not labelled.all():
+        note = f"on the {labelled.sum()} of {labelled.size} cells with a label"
+        notes = dict.fromkeys(METRICS, note)
+        adata = adata[labelled].copy()
+        adata.obs[label] = adata.obs[label].cat.remove_unused_categories()
+    values = _label_metrics(adata, params, columns)
+    if np.isnan(values["isolated_label_asw"]):
+        notes["isolated_label_asw"] = "skipped: every label occurs in the same number of batches"
+    return _metric_table(values, notes)
+
+
+def _label_metrics(
+    adata: ad.AnnData, params: dict[str, Any], columns: dict[str, str]
+) -> dict[str, float]:
     import scib
 
     label, batch = columns["label"], columns["batch"]
-    adata = embedding_anndata(embedding, cells)
     sc.pp.neighbors(
         adata,
         use_rep=EMBEDDING_KEY,
@@ -68,7 +97,7 @@ def compute_metrics(
         verbose=False,
         random_state=params["seed"],
     )
-    values = {
+    return {
         "ari": scib.me.ari(adata, cluster_key=CLUSTER_KEY, label_key=label),
         "nmi": scib.me.nmi(adata, cluster_key=CLUSTER_KEY, label_key=label),
         "asw_label": scib.me.silhouette(adata, label_key=label, embed=EMBEDDING_KEY),
@@ -77,13 +106,22 @@ def compute_metrics(
             adata, label_key=label, batch_key=batch, embed=EMBEDDING_KEY, verbose=False
         ),
     }
-    return pd.DataFrame({"metric": list(values), "value": [float(v) for v in values.values()]})
+
+
+def _metric_table(values: dict[str, float], notes: dict[str, str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "metric": list(values),
+            "value": [float(v) for v in values.values()],
+            "note": [notes.get(key, "") for key in values],
+        }
+    )
 
 
 def collect_metrics(**metrics_by_model: pd.DataFrame) -> pd.DataFrame:
     """One tidy table (model, metric, value) from each model's metrics."""
     tables = [
-        table.assign(model=model)[["model", "metric", "value"]]
+        table.assign(model=model)[["model", "metric", "value", "note"]]
         for model, table in metrics_by_model.items()
     ]
     return pd.concat(tables, ignore_index=True)
@@ -91,7 +129,7 @@ def collect_metrics(**metrics_by_model: pd.DataFrame) -> pd.DataFrame:
 
 def format_metrics_table(metrics: pd.DataFrame) -> str:
     """A markdown table in the layout of the reference: one row per metric, one column per
-    model, the best value of each metric in bold."""
+    model, the best value of each metric in bold; notes on missing metrics below it."""
     wide = metrics.pivot(index="metric", columns="model", values="value")
     models = list(dict.fromkeys(metrics["model"]))
     order = [key for key in METRICS if key in wide.index]
@@ -110,4 +148,10 @@ def format_metrics_table(metrics: pd.DataFrame) -> str:
             for value in row
         ]
         lines.append(f"| {METRICS.get(key, key)} | " + " | ".join(cells) + " |")
+    notes = metrics.loc[metrics["note"].fillna("") != "", ["metric", "note"]].drop_duplicates()
+    if len(notes):
+        lines.append("")
+        lines += [
+            f"- {METRICS.get(row.metric, row.metric)}: {row.note}" for row in notes.itertuples()
+        ]
     return "\n".join(lines) + "\n"

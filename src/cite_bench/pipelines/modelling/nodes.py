@@ -8,10 +8,14 @@ Adding a model means adding a function here, an entry in ``TRAINERS`` and a para
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,31 @@ def _embedding_frame(latent: np.ndarray, cells: pd.Index) -> pd.DataFrame:
     return pd.DataFrame(latent, index=pd.Index(cells, name="barcode"), columns=columns)
 
 
+# Packages whose versions decide the numbers; recorded with every trained model.
+RECORDED_PACKAGES = (
+    "numpy",
+    "scipy",
+    "anndata",
+    "mudata",
+    "scanpy",
+    "muon",
+    "mofapy2",
+    "torch",
+    "scvi-tools",
+    "multigrate",
+)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in RECORDED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
 def _summary(
     model: str, mdata: md.MuData, hyperparameters: dict[str, Any], started: float, **extra: Any
 ) -> dict[str, Any]:
@@ -45,6 +74,7 @@ def _summary(
         "seed": int(hyperparameters["seed"]),
         "training_time_s": round(time.perf_counter() - started, 3),
         **extra,
+        "versions": library_versions(),
     }
 
 
@@ -128,12 +158,13 @@ def train_totalvi(
     model = scvi.model.TOTALVI(
         adata, n_latent=hyperparameters["n_latent"], **hyperparameters.get("model_kwargs", {})
     )
-    model.train(
-        max_epochs=hyperparameters["max_epochs"],
-        accelerator=hyperparameters["accelerator"],
-        batch_size=hyperparameters["batch_size"],
-        **hyperparameters.get("train_kwargs", {}),
-    )
+    with _reproducible_torch(hyperparameters.get("deterministic", True)):
+        model.train(
+            max_epochs=hyperparameters["max_epochs"],
+            accelerator=hyperparameters["accelerator"],
+            batch_size=hyperparameters["batch_size"],
+            **hyperparameters.get("train_kwargs", {}),
+        )
     summary = _summary(
         "totalvi",
         mdata,
@@ -180,13 +211,15 @@ def train_multigrate(
         z_dim=hyperparameters["n_latent"],
         **hyperparameters.get("model_kwargs", {}),
     )
-    model.train(
-        max_epochs=hyperparameters["max_epochs"],
-        accelerator=hyperparameters["accelerator"],
-        batch_size=hyperparameters["batch_size"],
-        **hyperparameters.get("train_kwargs", {}),
-    )
-    model.get_model_output(batch_size=hyperparameters["batch_size"])
+    with _reproducible_torch(hyperparameters.get("deterministic", True)):
+        model.train(
+            max_epochs=hyperparameters["max_epochs"],
+            accelerator=hyperparameters["accelerator"],
+            batch_size=hyperparameters["batch_size"],
+            **hyperparameters.get("train_kwargs", {}),
+        )
+    with _reproducible_torch(hyperparameters.get("deterministic", True)):
+        model.get_model_output(batch_size=hyperparameters["batch_size"])
     summary = _summary(
         "multigrate",
         mdata,
@@ -197,6 +230,25 @@ def train_multigrate(
         n_epochs_trained=len(model.history["train_loss"]),
     )
     return model, _embedding_frame(adata.obsm["X_multigrate"], adata.obs_names), summary
+
+
+@contextlib.contextmanager
+def _reproducible_torch(enabled: bool) -> Iterator[None]:
+    """Deterministic torch kernels while training, so that a seed gives identical numbers
+    (Multigrate otherwise differs in the last bits between reruns on the CPU)."""
+    import torch
+
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
 
 
 def _use_gpu(accelerator: str) -> bool:

@@ -1,0 +1,113 @@
+"""A schema for the project's parameters, checked when a run starts.
+
+A typo in a model name or a zero epoch count should fail in the first second with the
+parameter's full name, not after preprocessing or an hour of training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from kedro.framework.hooks import hook_impl
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+
+from cite_bench.pipelines.modelling.nodes import TRAINERS
+
+Seed = Field(ge=0)
+
+
+class ParameterError(ValueError):
+    """Raised at start-up when parameters do not fit the schema."""
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Columns(_Block):
+    batch: str
+    label: str
+    site: str
+    donor: str
+
+
+class Subsample(_Block):
+    n_cells: PositiveInt | None
+    seed: int = Seed
+
+
+class DataProcessing(_Block):
+    subsample: Subsample
+    min_cells_per_batch: PositiveInt
+    counts_layer: str
+    target_sum: PositiveFloat
+    n_top_genes: PositiveInt
+    clr_axis: Literal[0, 1]
+
+
+class Hyperparameters(BaseModel):
+    """Shared training settings; model-specific keys are allowed, and the usual ones checked."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seed: int = Seed
+    accelerator: Literal["auto", "cpu", "gpu"]
+    deterministic: bool = True
+    n_latent: PositiveInt | None = None
+    n_factors: PositiveInt | None = None
+    max_epochs: PositiveInt | None = None
+    n_iterations: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
+    convergence_mode: Literal["fast", "medium", "slow"] | None = None
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    train_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Model(_Block):
+    hyperparameters: Hyperparameters
+
+
+class Evaluation(_Block):
+    n_neighbors: int = Field(ge=2)
+    leiden_resolutions: tuple[PositiveFloat, PositiveFloat, PositiveInt]
+    seed: int = Seed
+
+
+class Parameters(BaseModel):
+    """The blocks this project reads; other top-level keys (e.g. ``demo``) pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    columns: Columns
+    data_processing: DataProcessing
+    modelling: dict[str, Model]
+    evaluation: Evaluation
+
+
+def validate_parameters(params: dict[str, Any]) -> None:
+    """Raise :class:`ParameterError` listing every parameter that does not fit the schema."""
+    unknown = sorted(set(params.get("modelling") or {}) - set(TRAINERS))
+    problems = [
+        f"modelling.{name}: unknown model (known: {', '.join(sorted(TRAINERS))})"
+        for name in unknown
+    ]
+    known = {
+        **params,
+        "modelling": {k: v for k, v in (params.get("modelling") or {}).items() if k in TRAINERS},
+    }
+    try:
+        Parameters.model_validate(known)
+    except ValidationError as exc:
+        for error in exc.errors():
+            location = ".".join(str(part) for part in error["loc"])
+            problems.append(f"{location}: {error['msg']}")
+    if problems:
+        raise ParameterError("Invalid parameters:\n  " + "\n  ".join(problems))
+
+
+class ParameterValidationHook:
+    """Check the merged parameters (files and ``--params``) before anything runs."""
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        validate_parameters(context.params)

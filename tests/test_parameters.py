@@ -1,0 +1,71 @@
+"""The parameter schema: the shipped configuration passes, mistakes are named at start-up."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from kedro.config import OmegaConfigLoader
+
+from cite_bench.parameters import ParameterError, validate_parameters
+
+from .conftest import PROJECT_ROOT, run_kedro
+
+
+def _params(env: str | None = None) -> dict:
+    loader = OmegaConfigLoader(
+        conf_source=str(PROJECT_ROOT / "conf"),
+        base_env="base",
+        default_run_env=env or "base",
+        env=env,
+        merge_strategy={"parameters": "soft", "globals": "soft"},
+    )
+    return loader["parameters"]
+
+
+@pytest.mark.parametrize("env", [None, "geo", "starter"])
+def test_shipped_parameters_are_valid(env):
+    validate_parameters(_params(env))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda p: p["modelling"].update(scvi=p["modelling"]["totalvi"]),
+            "modelling.scvi: unknown",
+        ),
+        (
+            lambda p: p["modelling"]["totalvi"]["hyperparameters"].update(max_epochs=0),
+            "modelling.totalvi.hyperparameters.max_epochs: Input should be greater than 0",
+        ),
+        (
+            lambda p: p["modelling"]["multigrate"]["hyperparameters"].update(n_latent=-3),
+            "multigrate.hyperparameters.n_latent: Input should be greater than 0",
+        ),
+        (
+            lambda p: p["modelling"]["mofa"]["hyperparameters"].update(accelerator="tpu"),
+            "mofa.hyperparameters.accelerator: Input should be 'auto', 'cpu' or 'gpu'",
+        ),
+        (
+            lambda p: p["data_processing"].update(n_top_genes=0),
+            "data_processing.n_top_genes",
+        ),
+        (lambda p: p["data_processing"].update(clr_axis=2), "data_processing.clr_axis"),
+        (lambda p: p["columns"].pop("batch"), "columns.batch: Field required"),
+    ],
+)
+def test_mistakes_are_named(change, message):
+    params = copy.deepcopy(_params())
+    change(params)
+    with pytest.raises(ParameterError, match=message):
+        validate_parameters(params)
+
+
+def test_bad_parameters_stop_the_run_before_any_work(project):
+    with pytest.raises(ParameterError, match="max_epochs"):
+        run_kedro(
+            project,
+            runtime_params={"modelling": {"totalvi": {"hyperparameters": {"max_epochs": -1}}}},
+        )
+    assert not [path for path in (project / "data").rglob("*") if path.is_file()]
