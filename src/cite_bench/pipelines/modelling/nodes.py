@@ -89,8 +89,30 @@ def _last_loss(history: dict[str, pd.DataFrame], key: str) -> float | None:
     return float(history[key].iloc[-1, 0])
 
 
-def _lightning_device(model: Any) -> str:
-    return str(next(model.module.parameters()).device)
+def _fit(model: Any, hyperparameters: dict[str, Any]) -> None:
+    """Train an scvi-tools-style model with the shared hyperparameters."""
+    with _reproducible_torch(hyperparameters.get("deterministic", True)):
+        model.train(
+            max_epochs=hyperparameters["max_epochs"],
+            accelerator=hyperparameters["accelerator"],
+            batch_size=hyperparameters["batch_size"],
+            **hyperparameters.get("train_kwargs", {}),
+        )
+
+
+def _fitted_summary(
+    name: str, model: Any, mdata: md.MuData, hyperparameters: dict[str, Any], started: float
+) -> dict[str, Any]:
+    """The training summary of an scvi-tools-style model, from its Lightning history."""
+    return _summary(
+        name,
+        mdata,
+        hyperparameters,
+        started,
+        device=str(next(model.module.parameters()).device),
+        final_training_loss=_last_loss(model.history, "train_loss"),
+        n_epochs_trained=len(model.history["train_loss"]),
+    )
 
 
 def train_mofa(
@@ -158,22 +180,8 @@ def train_totalvi(
     model = scvi.model.TOTALVI(
         adata, n_latent=hyperparameters["n_latent"], **hyperparameters.get("model_kwargs", {})
     )
-    with _reproducible_torch(hyperparameters.get("deterministic", True)):
-        model.train(
-            max_epochs=hyperparameters["max_epochs"],
-            accelerator=hyperparameters["accelerator"],
-            batch_size=hyperparameters["batch_size"],
-            **hyperparameters.get("train_kwargs", {}),
-        )
-    summary = _summary(
-        "totalvi",
-        mdata,
-        hyperparameters,
-        started,
-        device=_lightning_device(model),
-        final_training_loss=_last_loss(model.history, "train_loss"),
-        n_epochs_trained=len(model.history["train_loss"]),
-    )
+    _fit(model, hyperparameters)
+    summary = _fitted_summary("totalvi", model, mdata, hyperparameters, started)
     return model, _embedding_frame(model.get_latent_representation(), adata.obs_names), summary
 
 
@@ -211,24 +219,10 @@ def train_multigrate(
         z_dim=hyperparameters["n_latent"],
         **hyperparameters.get("model_kwargs", {}),
     )
-    with _reproducible_torch(hyperparameters.get("deterministic", True)):
-        model.train(
-            max_epochs=hyperparameters["max_epochs"],
-            accelerator=hyperparameters["accelerator"],
-            batch_size=hyperparameters["batch_size"],
-            **hyperparameters.get("train_kwargs", {}),
-        )
+    _fit(model, hyperparameters)
     with _reproducible_torch(hyperparameters.get("deterministic", True)):
         model.get_model_output(batch_size=hyperparameters["batch_size"])
-    summary = _summary(
-        "multigrate",
-        mdata,
-        hyperparameters,
-        started,
-        device=_lightning_device(model),
-        final_training_loss=_last_loss(model.history, "train_loss"),
-        n_epochs_trained=len(model.history["train_loss"]),
-    )
+    summary = _fitted_summary("multigrate", model, mdata, hyperparameters, started)
     return model, _embedding_frame(adata.obsm["X_multigrate"], adata.obs_names), summary
 
 
