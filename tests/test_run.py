@@ -41,8 +41,8 @@ def _check_metrics_table(path: Path) -> pd.DataFrame:
     assert len(table) == len(TRAINERS) * len(METRICS)
     wide = table.pivot(index="metric", columns="model", values="value")
     assert set(wide.index) == set(METRICS)
-    scored = wide.drop(index="isolated_label_asw", errors="ignore")
-    assert scored.notna().all().all()
+    missing = table[table["value"].isna()]
+    assert missing["note"].str.startswith("skipped").all(), "a missing metric needs a reason"
     assert ((wide.fillna(0) >= 0) & (wide.fillna(0) <= 1)).all().all()
     return wide
 
@@ -60,8 +60,8 @@ def test_default_run_on_the_demo(project):
         assert (project / f"data/06_models/demo/{model}/model_class.json").is_file()
     table = _check_metrics_table(outputs["table"])
     markdown = outputs["markdown"].read_text()
-    assert markdown.startswith("| Metric | mofa | totalvi | multigrate |")
-    assert markdown.count("**") >= 2 * (len(METRICS) - 1)
+    assert markdown.startswith("| Metric | " + " | ".join(TRAINERS) + " |")
+    assert markdown.count("**") >= 2 * 5
     # The run is tracked in the embedded MLflow store: one parent, one child per model.
     check_run_layout(f"sqlite:///{project / 'mlflow.db'}", pd.read_parquet(outputs["table"]))
     assert table.shape == (len(METRICS), len(TRAINERS))

@@ -69,7 +69,9 @@ class Model(_Block):
 
 class Evaluation(_Block):
     n_neighbors: int = Field(ge=2)
+    lisi_neighbors: int = Field(ge=2)
     leiden_resolutions: tuple[PositiveFloat, PositiveFloat, PositiveInt]
+    leiden_flavor: Literal["igraph", "leidenalg"]
     seed: int = Seed
 
 

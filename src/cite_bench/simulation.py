@@ -53,8 +53,8 @@ class EffectSizes:
     donor: float = 0.2
     library_size: float = 0.45
     protein_cell_type: float = 1.6
-    protein_site: float = 0.35
-    protein_donor: float = 0.15
+    protein_site: float = 0.5
+    protein_donor: float = 0.2
 
 
 def simulate_cite_seq(
@@ -184,12 +184,15 @@ def _simulate_adt(
     effects: EffectSizes,
     rng: np.random.Generator,
 ) -> sparse.csr_matrix:
-    # Each protein is a marker of a few types (lineage markers and type markers), else absent.
+    # Lineage markers are bright and shared by related types; a type's own markers are dimmer,
+    # so related types differ in protein only a little, as CD4+ T subsets do in real data.
     lineage_marker = rng.random((n_lineages, n_proteins)) < 0.15
-    type_marker = rng.random((len(CELL_TYPES), n_proteins)) < 0.12
-    on = lineage_marker[type_lineage[type_index]] | type_marker[type_index]
-    level = rng.normal(0, effects.protein_cell_type / 2, (len(CELL_TYPES), n_proteins))
-    foreground = np.where(on, 4.0 + level[type_index], 0.0)
+    type_marker = rng.random((len(CELL_TYPES), n_proteins)) < 0.08
+    lineage_on = lineage_marker[type_lineage[type_index]]
+    type_on = type_marker[type_index]
+    on = lineage_on | type_on
+    level = rng.normal(0, effects.protein_cell_type / 4, (len(CELL_TYPES), n_proteins))
+    foreground = np.where(lineage_on, 3.5, 0.0) + np.where(type_on, 1.2, 0.0) + level[type_index]
     shift = _batch_effects(obs, n_proteins, effects.protein_site, effects.protein_donor, rng)
     foreground_mean = np.where(on, np.exp(foreground + shift), 0.0)
     # Ambient background (free antibody) differs by batch and is present in every cell.

@@ -7,14 +7,25 @@ import pandas as pd
 import pytest
 
 from cite_bench.pipelines.evaluation.nodes import (
+    BATCH_METRICS,
+    BIO_METRICS,
     METRICS,
+    aggregate_scores,
     collect_metrics,
     compute_metrics,
     embedding_anndata,
     format_metrics_table,
+    isolated_label_f1,
+    leiden_arguments,
 )
 
-PARAMS = {"n_neighbors": 15, "seed": 0, "leiden_resolutions": [0.1, 2.0, 5]}
+PARAMS = {
+    "n_neighbors": 15,
+    "lisi_neighbors": 30,
+    "seed": 0,
+    "leiden_resolutions": [0.1, 2.0, 5],
+    "leiden_flavor": "igraph",
+}
 
 
 def _cells(n_types: int = 4, per_type: int = 60, n_batches: int = 2) -> pd.DataFrame:
@@ -34,24 +45,35 @@ def _embedding(cells: pd.DataFrame, separation: float, seed: int = 0) -> pd.Data
     return pd.DataFrame(values, index=cells.index, columns=[f"latent_{i}" for i in range(10)])
 
 
+def _score(embedding: pd.DataFrame, cells: pd.DataFrame, columns) -> pd.DataFrame:
+    """Score against a fixed random 'unintegrated' reference."""
+    rng = np.random.default_rng(1)
+    unintegrated = pd.DataFrame(rng.normal(size=(len(cells), 10)), index=cells.index)
+    return compute_metrics(embedding, unintegrated, cells, PARAMS, columns)
+
+
 def test_separated_types_score_near_one(columns):
     cells = _cells()
-    metrics = compute_metrics(_embedding(cells, separation=20), cells, PARAMS, columns)
+    metrics = _score(_embedding(cells, separation=20), cells, columns)
     values = dict(zip(metrics["metric"], metrics["value"], strict=True))
     assert list(values) == list(METRICS)
     assert values["ari"] > 0.99 and values["nmi"] > 0.99
     assert values["graph_connectivity"] == pytest.approx(1.0)
     assert values["asw_label"] > 0.8
+    assert values["clisi"] > 0.99
+    # Batches are spread evenly over types: well mixed.
+    assert values["ilisi"] > 0.7 and values["asw_batch"] > 0.8
 
 
 def test_random_embedding_scores_low(columns):
     cells = _cells()
     rng = np.random.default_rng(0)
     noise = pd.DataFrame(rng.normal(size=(len(cells), 10)), index=cells.index)
-    values = compute_metrics(noise, cells, PARAMS, columns).set_index("metric")["value"]
+    values = _score(noise, cells, columns).set_index("metric")["value"]
     assert values["ari"] < 0.1 and values["nmi"] < 0.2
     assert values["asw_label"] < 0.55
     assert np.isnan(values["isolated_label_asw"])  # every label is in both batches
+    assert np.isnan(values["isolated_label_f1"])
     scored = values.dropna()
     assert ((scored >= 0) & (scored <= 1)).all()
 
@@ -59,7 +81,7 @@ def test_random_embedding_scores_low(columns):
 def test_isolated_label_asw_is_scored_when_a_label_is_in_one_batch(columns):
     cells = _cells()
     cells.loc[cells["cell_type"] == "type3", "batch"] = "s1d1"
-    values = compute_metrics(_embedding(cells, 20), cells, PARAMS, columns)
+    values = _score(_embedding(cells, 20), cells, columns)
     iso = values.set_index("metric").loc["isolated_label_asw", "value"]
     assert 0.5 < iso <= 1.0
 
@@ -77,7 +99,7 @@ def test_embedding_must_match_the_cells(columns):
 
 def test_table_and_markdown_layout():
     metric_rows = pd.DataFrame(
-        {"metric": list(METRICS), "value": [0.5, 0.6, 0.7, 0.8, 0.9], "note": ""}
+        {"metric": list(METRICS)[:5], "value": [0.5, 0.6, 0.7, 0.8, 0.9], "note": ""}
     )
     better = metric_rows.assign(value=metric_rows["value"] + 0.05)
     table = collect_metrics(mofa=metric_rows, totalvi=better)
@@ -87,7 +109,7 @@ def test_table_and_markdown_layout():
     lines = markdown.strip().splitlines()
     assert lines[0] == "| Metric | mofa | totalvi |"
     assert lines[2] == "| ARI | 0.500 | **0.550** |"
-    assert len(lines) == 2 + len(METRICS)
+    assert len(lines) == 2 + 5
 
 
 def test_markdown_shows_missing_values_as_na():
@@ -106,9 +128,13 @@ def test_markdown_shows_missing_values_as_na():
 
 def test_without_labels_every_label_metric_is_skipped_with_the_reason(columns):
     cells = _cells().drop(columns="cell_type")
-    metrics = compute_metrics(_embedding(_cells(), 5), cells, PARAMS, columns)
-    assert metrics["value"].isna().all()
-    assert metrics["note"].str.contains("no cell-type labels").all()
+    metrics = _score(_embedding(_cells(), 5), cells, columns).set_index("metric")
+    label_free = ["ilisi", "pcr_comparison", "batch_correction"]
+    assert metrics.loc[label_free, "value"].notna().all()
+    needs_labels = metrics.drop(index=[*label_free, "overall"])
+    assert needs_labels["value"].isna().all()
+    skipped = needs_labels.drop(index=["bio_conservation"])
+    assert skipped["note"].str.contains("no cell-type labels").all()
 
 
 def test_unlabelled_cells_are_left_out_and_said_so(columns):
@@ -116,7 +142,43 @@ def test_unlabelled_cells_are_left_out_and_said_so(columns):
     cells["cell_type"] = cells["cell_type"].astype(object)
     cells.iloc[:30, cells.columns.get_loc("cell_type")] = None
     cells["cell_type"] = cells["cell_type"].astype("category")
-    metrics = compute_metrics(_embedding(cells, 20), cells, PARAMS, columns)
+    metrics = _score(_embedding(cells, 20), cells, columns)
     values = metrics.set_index("metric")
     assert values.loc["nmi", "value"] > 0.95
     assert values.loc["nmi", "note"] == "on the 210 of 240 cells with a label"
+
+
+def test_one_batch_skips_batch_metrics_with_the_reason(columns):
+    cells = _cells(n_batches=1)
+    metrics = _score(_embedding(cells, 20), cells, columns).set_index("metric")
+    for key in ("asw_batch", "ilisi", "kbet", "pcr_comparison"):
+        assert np.isnan(metrics.loc[key, "value"])
+        assert metrics.loc[key, "note"] == "skipped: only one batch in 'batch'"
+    assert metrics.loc["graph_connectivity", "value"] == pytest.approx(1.0)
+
+
+def test_aggregates_follow_scib_weights():
+    values = dict.fromkeys([*BIO_METRICS, *BATCH_METRICS], np.nan)
+    values.update(ari=0.8, nmi=0.6, ilisi=0.5, kbet=0.3)
+    scores = aggregate_scores(values)
+    assert scores["bio_conservation"] == pytest.approx(0.7)
+    assert scores["batch_correction"] == pytest.approx(0.4)
+    assert scores["overall"] == pytest.approx(0.6 * 0.7 + 0.4 * 0.4)
+
+
+def test_isolated_label_f1_matches_scib(columns):
+    """With leidenalg, the one-clustering-per-resolution F1 equals scib's own."""
+    import scanpy as sc
+    import scib
+
+    cells = _cells()
+    cells.loc[cells["cell_type"] == "type3", "batch"] = "s1d1"
+    adata = embedding_anndata(_embedding(cells, 3, seed=2), cells)
+    sc.pp.neighbors(adata, use_rep="X_emb", n_neighbors=15)
+    resolutions = [0.2, 0.5, 1.0, 1.5]
+    params = {**PARAMS, "leiden_flavor": "leidenalg"}
+    ours = isolated_label_f1(adata, "cell_type", "batch", resolutions, leiden_arguments(params))
+    theirs = scib.me.isolated_labels_f1(
+        adata.copy(), "cell_type", "batch", embed=None, resolutions=resolutions, verbose=False
+    )
+    assert ours == pytest.approx(theirs)

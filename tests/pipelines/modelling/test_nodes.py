@@ -19,6 +19,8 @@ HYPERPARAMETERS = {
     },
     "totalvi": {"n_latent": 4, "max_epochs": 2, "batch_size": 128},
     "multigrate": {"n_latent": 4, "max_epochs": 2, "batch_size": 128},
+    "pca_rna": {"n_latent": 4},
+    "pca_rna_adt": {"n_latent": 4},
 }
 
 
@@ -61,6 +63,19 @@ def test_same_seed_same_embedding(trained, small_mudata, columns):
     model, hyperparameters, (_, embedding, _) = trained
     _, again, _ = TRAINERS[model](small_mudata, hyperparameters, columns)
     np.testing.assert_array_equal(again.to_numpy(), embedding.to_numpy())
+
+
+def test_pca_rna_adt_weights_both_modalities(small_mudata, columns):
+    """Each modality carries the same total variance, so neither swamps the other."""
+    hyperparameters = {"n_latent": 4, "seed": 0, "accelerator": "cpu"}
+    model, _, _ = TRAINERS["pca_rna_adt"](small_mudata, hyperparameters, columns)
+    n_genes = small_mudata["rna"].n_vars
+    rna = small_mudata["rna"].X.toarray()
+    adt = np.asarray(small_mudata["adt"].X.todense())
+    scaled = (np.hstack([rna, adt]) - model.mean) / model.scale
+    variance = scaled.var(axis=0)
+    assert variance[:n_genes].sum() == pytest.approx(variance[n_genes:].sum(), rel=1e-6)
+    assert 0 < model.unexplained_variance < 1
 
 
 def test_gpu_request_without_gpu_is_a_clear_error(small_mudata, columns):

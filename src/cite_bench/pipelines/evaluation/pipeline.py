@@ -8,13 +8,21 @@ from cite_bench.pipelines.modelling.nodes import TRAINERS
 
 from .nodes import collect_metrics, compute_metrics, format_metrics_table
 
+UNINTEGRATED = "pca_rna"
+
 
 def create_scoring_pipeline(model: str) -> Pipeline:
     template = Pipeline(
         [
             Node(
                 compute_metrics,
-                inputs=["embedding", "cell_metadata", "params:evaluation", "params:columns"],
+                inputs=[
+                    "embedding",
+                    "unintegrated",
+                    "cell_metadata",
+                    "params:evaluation",
+                    "params:columns",
+                ],
                 outputs="metrics",
                 name="compute_metrics",
             )
@@ -23,7 +31,12 @@ def create_scoring_pipeline(model: str) -> Pipeline:
     return Pipeline(
         template,
         namespace=f"evaluation.{model}",
-        inputs={"embedding": f"modelling.{model}.embedding", "cell_metadata": "cell_metadata"},
+        inputs={
+            "embedding": f"modelling.{model}.embedding",
+            # The PCR comparison measures batch variance against the unintegrated baseline.
+            "unintegrated": f"modelling.{UNINTEGRATED}.embedding",
+            "cell_metadata": "cell_metadata",
+        },
         parameters={"params:evaluation", "params:columns"},
         tags=["evaluation", model],
     )

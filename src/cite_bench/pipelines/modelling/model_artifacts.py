@@ -1,8 +1,8 @@
-"""A trained MOFA+ model in the form mofapy2 writes it: one HDF5 file.
+"""Trained models that are not scvi-tools models, given their ``save``/``load`` interface so
+that one catalog dataset (``cite_bench.datasets.ModelDataset``) stores every model.
 
-The file is the standard MOFA model format, so it opens in ``mofax`` or R's ``MOFA2`` for
-downstream analysis. The class gives it the ``save``/``load`` interface of scvi-tools models so
-that one catalog dataset stores every model.
+MOFA+ is kept in the HDF5 file mofapy2 writes, the standard MOFA model format, so it opens in
+``mofax`` or R's ``MOFA2`` for downstream analysis.
 """
 
 from __future__ import annotations
@@ -52,3 +52,36 @@ class MofaModel:
         with h5py.File(io.BytesIO(self.hdf5), "r") as handle:
             groups = handle["expectations/Z"]
             return np.concatenate([groups[g][()].T for g in groups], axis=0)
+
+
+class PcaModel:
+    """A fitted PCA baseline: feature centring and scaling, and the principal axes."""
+
+    FILE_NAME = "pca.npz"
+
+    def __init__(
+        self, features: np.ndarray, mean: np.ndarray, scale: np.ndarray, components: np.ndarray
+    ) -> None:
+        self.features = np.asarray(features, dtype=str)
+        self.mean, self.scale, self.components = mean, scale, components
+
+    def transform(self, matrix: np.ndarray) -> np.ndarray:
+        return ((matrix - self.mean) / self.scale) @ self.components.T
+
+    def save(self, dir_path: str, overwrite: bool = False) -> None:
+        target = Path(dir_path) / self.FILE_NAME
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"'{target}' exists; pass overwrite=True to replace it.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            target,
+            features=self.features,
+            mean=self.mean,
+            scale=self.scale,
+            components=self.components,
+        )
+
+    @classmethod
+    def load(cls, dir_path: str) -> PcaModel:
+        with np.load(Path(dir_path) / cls.FILE_NAME) as saved:
+            return cls(saved["features"], saved["mean"], saved["scale"], saved["components"])
