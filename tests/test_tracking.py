@@ -72,7 +72,7 @@ def check_run_layout(uri: str, table: pd.DataFrame) -> None:
         artifacts = [a.path for a in client.list_artifacts(child.info.run_id)]
         assert f"{model}_embedding.parquet" in artifacts
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"metrics.parquet", "metrics.md"} <= parent_artifacts
+    assert {"metrics.parquet", "metrics.md", "umap.png", "metrics_summary.png"} <= parent_artifacts
 
 
 def test_config_precedence_and_embedded_store(tmp_path):

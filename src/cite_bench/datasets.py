@@ -22,6 +22,7 @@ from typing import Any
 import anndata as ad
 import fsspec
 import kedro_datasets.json
+import kedro_datasets.matplotlib
 import kedro_datasets.pandas
 import kedro_datasets.text
 import mudata as md
@@ -138,6 +139,10 @@ class JSONDataset(_AtomicSave, kedro_datasets.json.JSONDataset):
 
 class TextDataset(_AtomicSave, kedro_datasets.text.TextDataset):
     """``kedro_datasets.text.TextDataset`` with atomic local writes."""
+
+
+class MatplotlibDataset(_AtomicSave, kedro_datasets.matplotlib.MatplotlibDataset):
+    """``kedro_datasets.matplotlib.MatplotlibDataset`` (one figure) with atomic local writes."""
 
 
 def _require_file(path: Path, what: str) -> None:

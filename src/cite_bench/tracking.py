@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 MODELLING = "modelling"
 EVALUATION = "evaluation"
 # Environment switches, above the configuration file and below `--params tracking.*`.
+FIGURES = {"umap_figure": "umap.png", "metrics_summary_figure": "metrics_summary.png"}
 URI_VARIABLE = "MLFLOW_TRACKING_URI"
 ENABLED_VARIABLE = "CITE_BENCH_TRACKING"
 
@@ -264,6 +265,12 @@ class MlflowTrackingHook:
         if dataset_name == "metrics_table":
             self._safely(
                 "metrics table", lambda: self._log_frame(self._parent, data, "metrics.parquet")
+            )
+            return
+        if dataset_name in FIGURES:
+            self._safely(
+                dataset_name,
+                lambda: self._client.log_figure(self._parent, data, FIGURES[dataset_name]),
             )
             return
         if dataset_name == "metrics_markdown":

@@ -182,3 +182,13 @@ def test_isolated_label_f1_matches_scib(columns):
         adata.copy(), "cell_type", "batch", embed=None, resolutions=resolutions, verbose=False
     )
     assert ours == pytest.approx(theirs)
+
+
+def test_constant_dimensions_are_ignored(columns):
+    """MOFA can switch a factor off entirely; a constant column must not break any metric."""
+    cells = _cells()
+    embedding = _embedding(cells, 20)
+    embedding["latent_9"] = 0.0
+    metrics = _score(embedding, cells, columns).set_index("metric")
+    assert np.isfinite(metrics.loc["pcr_comparison", "value"])
+    assert metrics.loc["nmi", "value"] > 0.95

@@ -57,6 +57,14 @@ def embedding_anndata(embedding: pd.DataFrame, cells: pd.DataFrame) -> ad.AnnDat
     values = embedding.to_numpy(dtype=np.float32)
     if not np.isfinite(values).all():
         raise ValueError("The embedding contains NaN or infinite values.")
+    constant = values.std(axis=0) == 0
+    if constant.all():
+        raise ValueError("Every dimension of the embedding is constant.")
+    if constant.any():
+        # e.g. MOFA factors switched off by its sparsity priors: they carry no information and
+        # break regression-based scores (PCR).
+        logger.info("Dropping %d constant embedding dimensions.", constant.sum())
+        values = values[:, ~constant]
     adata = ad.AnnData(obs=cells.loc[embedding.index].copy())
     adata.obsm[EMBEDDING_KEY] = values
     return adata
@@ -109,6 +117,9 @@ def compute_metrics(
         notes.update({key: reason for key in values if key not in LABEL_FREE})
     if single_batch:
         notes.update({key: batch_note for key in BATCH_METRICS if key != "graph_connectivity"})
+    for key, value in values.items():
+        if np.isnan(value) and not notes[key]:
+            notes[key] = "not computable on this embedding"
     values.update(aggregate_scores(values))
     return _metric_table(values, notes)
 

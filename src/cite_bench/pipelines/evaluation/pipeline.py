@@ -6,6 +6,7 @@ from kedro.pipeline import Node, Pipeline
 
 from cite_bench.pipelines.modelling.nodes import TRAINERS
 
+from .figures import compute_umap, plot_metric_summary, plot_umaps
 from .nodes import collect_metrics, compute_metrics, format_metrics_table
 
 UNINTEGRATED = "pca_rna"
@@ -25,7 +26,13 @@ def create_scoring_pipeline(model: str) -> Pipeline:
                 ],
                 outputs="metrics",
                 name="compute_metrics",
-            )
+            ),
+            Node(
+                compute_umap,
+                inputs=["embedding", "params:evaluation"],
+                outputs="umap",
+                name="compute_umap",
+            ),
         ]
     )
     return Pipeline(
@@ -65,6 +72,22 @@ def _summary_pipeline() -> Pipeline:
                 inputs="metrics_table",
                 outputs="metrics_markdown",
                 name="format_metrics_table",
+            ),
+            Node(
+                plot_metric_summary,
+                inputs="metrics_table",
+                outputs="metrics_summary_figure",
+                name="plot_metric_summary",
+            ),
+            Node(
+                plot_umaps,
+                inputs={
+                    "cells": "cell_metadata",
+                    "columns": "params:columns",
+                    **{model: f"evaluation.{model}.umap" for model in TRAINERS},
+                },
+                outputs="umap_figure",
+                name="plot_umaps",
             ),
         ],
         tags=["evaluation"],
