@@ -17,6 +17,7 @@ from cite_bench.pipelines.evaluation.nodes import (
     format_metrics_table,
     isolated_label_f1,
     leiden_arguments,
+    leiden_clusterings,
 )
 
 PARAMS = {
@@ -177,7 +178,8 @@ def test_isolated_label_f1_matches_scib(columns):
     sc.pp.neighbors(adata, use_rep="X_emb", n_neighbors=15)
     resolutions = [0.2, 0.5, 1.0, 1.5]
     params = {**PARAMS, "leiden_flavor": "leidenalg"}
-    ours = isolated_label_f1(adata, "cell_type", "batch", resolutions, leiden_arguments(params))
+    clusterings = leiden_clusterings(adata, resolutions, leiden_arguments(params))
+    ours = isolated_label_f1(adata.obs, "cell_type", "batch", clusterings)
     theirs = scib.me.isolated_labels_f1(
         adata.copy(), "cell_type", "batch", embed=None, resolutions=resolutions, verbose=False
     )

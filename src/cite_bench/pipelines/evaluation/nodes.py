@@ -92,8 +92,9 @@ def compute_metrics(
     notes = dict.fromkeys(values, "")
     single_batch = adata.obs[batch].nunique() < 2
     batch_note = f"skipped: only one batch in '{batch}'"
+    neighbours = _neighbours(adata.obsm[EMBEDDING_KEY], params["lisi_neighbors"])
     if not single_batch:
-        values.update(_label_free_metrics(adata, unintegrated, params, batch))
+        values.update(_label_free_metrics(adata, neighbours, unintegrated, batch))
     labelled = (
         adata.obs[label].notna().to_numpy()
         if label in adata.obs
@@ -106,7 +107,10 @@ def compute_metrics(
             notes.update({key: note for key in values if key not in LABEL_FREE})
             subset = adata[labelled].copy()
             subset.obs[label] = subset.obs[label].cat.remove_unused_categories()
-        values.update(_label_metrics(subset, params, columns, with_batch=not single_batch))
+            neighbours = _neighbours(subset.obsm[EMBEDDING_KEY], params["lisi_neighbors"])
+        values.update(
+            _label_metrics(subset, neighbours, params, columns, with_batch=not single_batch)
+        )
         if np.isnan(values["isolated_label_asw"]):
             notes["isolated_label_asw"] = notes["isolated_label_f1"] = (
                 "skipped: every label occurs in the same number of batches"
@@ -148,12 +152,11 @@ def _neighbours(matrix: np.ndarray, n_neighbors: int) -> Any:
 
 
 def _label_free_metrics(
-    adata: ad.AnnData, unintegrated: pd.DataFrame, params: dict[str, Any], batch: str
+    adata: ad.AnnData, neighbours: Any, unintegrated: pd.DataFrame, batch: str
 ) -> dict[str, float]:
     import scib_metrics
 
     batches = adata.obs[batch].astype(str).to_numpy()
-    neighbours = _neighbours(adata.obsm[EMBEDDING_KEY], params["lisi_neighbors"])
     before = unintegrated.loc[adata.obs_names].to_numpy(dtype=np.float32)
     return {
         "ilisi": float(scib_metrics.ilisi_knn(neighbours, batches)),
@@ -166,7 +169,11 @@ def _label_free_metrics(
 
 
 def _label_metrics(
-    adata: ad.AnnData, params: dict[str, Any], columns: dict[str, str], with_batch: bool
+    adata: ad.AnnData,
+    neighbours: Any,
+    params: dict[str, Any],
+    columns: dict[str, str],
+    with_batch: bool,
 ) -> dict[str, float]:
     import scib
     import scib_metrics
@@ -179,18 +186,17 @@ def _label_metrics(
         random_state=params["seed"],
     )
     resolutions = np.linspace(*params["leiden_resolutions"]).round(3).tolist()
-    leiden = leiden_arguments(params)
-    scib.me.cluster_optimal_resolution(
-        adata,
-        label_key=label,
-        cluster_key=CLUSTER_KEY,
-        use_rep=EMBEDDING_KEY,
-        resolutions=resolutions,
-        verbose=False,
-        **leiden,
-    )
+    clusterings = leiden_clusterings(adata, resolutions, leiden_arguments(params))
+    # As scib's cluster_optimal_resolution: keep the clustering whose NMI with the labels is
+    # highest (the first of equals), then score ARI and NMI on it.
+    best_nmi = -1.0
+    for clusters in clusterings:
+        adata.obs["_candidate"] = pd.Categorical(clusters)
+        score = scib.me.nmi(adata, cluster_key="_candidate", label_key=label)
+        if score > best_nmi:
+            best_nmi, adata.obs[CLUSTER_KEY] = score, adata.obs["_candidate"]
+    del adata.obs["_candidate"]
     labels = adata.obs[label].astype(str).to_numpy()
-    neighbours = _neighbours(adata.obsm[EMBEDDING_KEY], params["lisi_neighbors"])
     values = {
         "ari": scib.me.ari(adata, cluster_key=CLUSTER_KEY, label_key=label),
         "nmi": scib.me.nmi(adata, cluster_key=CLUSTER_KEY, label_key=label),
@@ -199,7 +205,7 @@ def _label_metrics(
         "isolated_label_asw": scib.me.isolated_labels_asw(
             adata, label_key=label, batch_key=batch, embed=EMBEDDING_KEY, verbose=False
         ),
-        "isolated_label_f1": isolated_label_f1(adata, label, batch, resolutions, leiden),
+        "isolated_label_f1": isolated_label_f1(adata.obs, label, batch, clusterings),
         "clisi": float(scib_metrics.clisi_knn(neighbours, labels)),
     }
     if with_batch:
@@ -232,29 +238,32 @@ def isolated_labels(obs: pd.DataFrame, label: str, batch: str) -> list[str]:
     return batches_per_label.index[batches_per_label == fewest].tolist()
 
 
+def leiden_clusterings(
+    adata: ad.AnnData, resolutions: list[float], leiden: dict[str, Any]
+) -> list[np.ndarray]:
+    """Leiden clusters of the kNN graph at each resolution, computed once for every metric."""
+    clusterings = []
+    for resolution in resolutions:
+        sc.tl.leiden(adata, resolution=resolution, key_added="_leiden", **leiden)
+        clusterings.append(adata.obs.pop("_leiden").to_numpy())
+    return clusterings
+
+
 def isolated_label_f1(
-    adata: ad.AnnData,
-    label: str,
-    batch: str,
-    resolutions: list[float],
-    leiden: dict[str, Any],
+    obs: pd.DataFrame, label: str, batch: str, clusterings: list[np.ndarray]
 ) -> float:
     """scib's isolated-label F1: for each isolated label, the best F1 of any Leiden cluster
     at any resolution against that label; the mean over isolated labels.
 
-    Same definition as ``scib.me.isolated_labels_f1``, but each resolution is clustered once
-    for all labels (scib reclusters per label with leidenalg: ~40x slower on the demo).
+    Same definition as ``scib.me.isolated_labels_f1``, but from clusterings shared by all
+    labels and metrics (scib reclusters per label with leidenalg: ~40x slower on the demo).
     """
     from sklearn.metrics import f1_score
 
-    labels = isolated_labels(adata.obs, label, batch)
+    labels = isolated_labels(obs, label, batch)
     if not labels:
         return np.nan
-    clusterings = []
-    for resolution in resolutions:
-        sc.tl.leiden(adata, resolution=resolution, key_added="_iso_cluster", **leiden)
-        clusterings.append(adata.obs.pop("_iso_cluster").to_numpy())
-    truth = adata.obs[label].astype(str).to_numpy()
+    truth = obs[label].astype(str).to_numpy()
     scores = []
     for isolated in labels:
         is_label = truth == isolated

@@ -123,7 +123,10 @@ def train_mofa(
 
     started = time.perf_counter()
     data = mdata.copy()
-    use_gpu = _use_gpu(hyperparameters["accelerator"]) and _cupy_available()
+    use_gpu = _use_gpu(hyperparameters["accelerator"])
+    if use_gpu and not _cupy_available():
+        logger.warning("MOFA runs on the CPU: mofapy2 needs cupy for the GPU, and it is missing.")
+        use_gpu = False
     with tempfile.TemporaryDirectory() as scratch:
         # mofapy2 can only hand its model over as an HDF5 file: read it back into memory.
         outfile = Path(scratch) / "mofa.hdf5"
@@ -226,12 +229,20 @@ def train_multigrate(
     return model, _embedding_frame(adata.obsm["X_multigrate"], adata.obs_names), summary
 
 
-def _fit_pca(
-    matrix: np.ndarray, features: pd.Index, scale: np.ndarray, hyperparameters: dict[str, Any]
-) -> tuple[PcaModel, np.ndarray]:
-    """PCA of ``(matrix - mean) / scale``; returns the model and the cell coordinates."""
+def _train_pca(
+    name: str,
+    mdata: md.MuData,
+    hyperparameters: dict[str, Any],
+    blocks: list[np.ndarray],
+    features: pd.Index,
+    scale: np.ndarray,
+) -> TrainingResult:
+    """PCA of the side-by-side ``blocks``, centred and divided by ``scale``. A PCA is fitted in
+    one pass; its "loss" in the summary is the share of variance left unexplained."""
     from sklearn.decomposition import PCA
 
+    started = time.perf_counter()
+    matrix = np.hstack(blocks)
     mean = matrix.mean(axis=0)
     scale = np.where(scale == 0, 1.0, scale)
     n_components = min(hyperparameters["n_latent"], *matrix.shape)
@@ -239,14 +250,7 @@ def _fit_pca(
     pca.fit((matrix - mean) / scale)
     model = PcaModel(features.to_numpy(), mean, scale, pca.components_)
     model.unexplained_variance = float(1 - pca.explained_variance_ratio_.sum())
-    return model, model.transform(matrix)
-
-
-def _pca_summary(
-    name: str, model: PcaModel, mdata: md.MuData, hyperparameters: dict[str, Any], started: float
-) -> dict[str, Any]:
-    """A PCA is fitted in one pass; its loss is the share of variance left unexplained."""
-    return _summary(
+    summary = _summary(
         name,
         mdata,
         hyperparameters,
@@ -255,18 +259,17 @@ def _pca_summary(
         final_training_loss=model.unexplained_variance,
         n_epochs_trained=1,
     )
+    return model, _embedding_frame(model.transform(matrix), mdata["rna"].obs_names), summary
 
 
 def train_pca_rna(
     mdata: md.MuData, hyperparameters: dict[str, Any], columns: dict[str, str]
 ) -> TrainingResult:
     """Unintegrated baseline: PCA of the log-normalised highly variable genes."""
-    started = time.perf_counter()
-    rna = mdata["rna"]
-    matrix = _dense(rna.X).astype(np.float64)
-    model, latent = _fit_pca(matrix, rna.var_names, np.ones(matrix.shape[1]), hyperparameters)
-    summary = _pca_summary("pca_rna", model, mdata, hyperparameters, started)
-    return model, _embedding_frame(latent, rna.obs_names), summary
+    rna = _dense(mdata["rna"].X).astype(np.float64)
+    return _train_pca(
+        "pca_rna", mdata, hyperparameters, [rna], mdata["rna"].var_names, np.ones(rna.shape[1])
+    )
 
 
 def train_pca_rna_adt(
@@ -274,15 +277,11 @@ def train_pca_rna_adt(
 ) -> TrainingResult:
     """Baseline without batch correction: PCA of RNA and ADT features side by side, each
     feature standardised and each modality weighted to carry the same total variance."""
-    started = time.perf_counter()
     rna, adt = mdata["rna"], mdata["adt"][mdata["rna"].obs_names]
     blocks = [_dense(rna.X).astype(np.float64), _dense(adt.X).astype(np.float64)]
     scale = np.concatenate([block.std(axis=0) * np.sqrt(block.shape[1]) for block in blocks])
-    model, latent = _fit_pca(
-        np.hstack(blocks), rna.var_names.append(adt.var_names), scale, hyperparameters
-    )
-    summary = _pca_summary("pca_rna_adt", model, mdata, hyperparameters, started)
-    return model, _embedding_frame(latent, rna.obs_names), summary
+    features = rna.var_names.append(adt.var_names)
+    return _train_pca("pca_rna_adt", mdata, hyperparameters, blocks, features, scale)
 
 
 @contextlib.contextmanager
@@ -333,4 +332,3 @@ TRAINERS: dict[str, Callable[..., TrainingResult]] = {
     "pca_rna": train_pca_rna,
     "pca_rna_adt": train_pca_rna_adt,
 }
-BASELINES = ("pca_rna", "pca_rna_adt")
