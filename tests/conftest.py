@@ -17,7 +17,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STARTER_DIR = Path(
     os.environ.get("CITE_BENCH_STARTER_DIR", PROJECT_ROOT.parent / "shared/data/bmmc_cite_starter")
 )
-COLUMNS = {"batch": "batch", "label": "cell_type", "site": "Site", "donor": "DonorNumber"}
+COLUMNS = {
+    "batch": "batch",
+    "label": "cell_type",
+    "site": "Site",
+    "donor": "DonorNumber",
+    "phase": "phase",
+}
 PROCESSING = {
     "subsample": {"n_cells": None, "seed": 0},
     "min_cells_per_batch": 5,

@@ -53,6 +53,12 @@ def test_shipped_parameters_are_valid(env):
         ),
         (lambda p: p["data_processing"].update(clr_axis=2), "data_processing.clr_axis"),
         (lambda p: p["columns"].pop("batch"), "columns.batch: Field required"),
+        (
+            lambda p: p["modelling"]["totalvi"]["hyperparameters"].update(seed=3),
+            "set the top-level 'seeds' list instead of a seed per model",
+        ),
+        (lambda p: p.update(seeds=[1, 1]), "seeds: Value error, seeds: expected distinct"),
+        (lambda p: p.update(seeds="0,1"), "seeds: Value error, seeds: expected whole numbers"),
     ],
 )
 def test_mistakes_are_named(change, message):

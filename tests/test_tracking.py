@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import requests
@@ -23,6 +24,7 @@ from cite_bench.tracking import (
     TrackingUnavailableError,
     check_reachable,
     flatten,
+    metric_values,
     resolve_config,
 )
 
@@ -61,11 +63,11 @@ def check_run_layout(uri: str, table: pd.DataFrame) -> None:
     for child in children:
         model = child.data.tags["model"]
         assert child.info.status == "FINISHED"
-        for tag in ("dataset", "n_cells", "seed", "git_commit"):
+        for tag in ("dataset", "n_cells", "seeds", "git_commit"):
             assert child.data.tags.get(tag), f"{model} run lacks tag {tag}"
-        assert "model.seed" in child.data.params
+        assert child.data.params["seeds"] == child.data.tags["seeds"]
         assert "data_processing.n_top_genes" in child.data.params
-        expected = table[table["model"] == model].set_index("metric")["value"]
+        expected = table[table["model"] == model].groupby("metric", sort=False)["value"].mean()
         for metric, value in expected.items():
             logged = child.data.metrics[metric]
             assert (math.isnan(value) and math.isnan(logged)) or logged == pytest.approx(value)
@@ -91,6 +93,16 @@ def test_config_precedence_and_embedded_store(tmp_path):
         CONF, {"tracking": {"enabled": True}}, tmp_path, environ={"CITE_BENCH_TRACKING": "false"}
     )
     assert from_params.enabled
+
+
+def test_metrics_are_logged_as_mean_and_spread_over_seeds():
+    one = pd.DataFrame({"seed": 0, "metric": ["nmi", "ari"], "value": [0.5, 0.4], "note": ""})
+    assert metric_values(one) == {"nmi": 0.5, "ari": 0.4}
+    two = pd.concat([one, one.assign(seed=1, value=[0.7, 0.4])])
+    values = metric_values(two)
+    assert values["nmi"] == pytest.approx(0.6) and values["ari"] == pytest.approx(0.4)
+    assert values["nmi_sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert values["ari_sd"] == 0
 
 
 def test_flatten_nested_parameters():

@@ -1,4 +1,5 @@
-"""Project commands added to the ``kedro`` command line (``kedro download-geo``)."""
+"""Project commands added to the ``kedro`` command line (``kedro download-geo``,
+``kedro benchmark``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import click
 
 from cite_bench.download import GEO_FILE, GEO_URL, DownloadError, download
+from cite_bench.pipelines.modelling.nodes import TRAINERS
 
 
 @click.group(name="cite_bench")
@@ -37,3 +39,60 @@ def download_geo(url: str, dest: Path, sha256: str | None, retries: int) -> None
     except DownloadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{result.path} ready ({result.size:,} bytes downloaded, SHA-256 {result.sha256})")
+
+
+def _integers(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    try:
+        return [int(item) for item in value.replace(",", " ").split()]
+    except ValueError:
+        raise click.BadParameter(f"expected whole numbers, got {value!r}") from None
+
+
+@cli.command("benchmark")
+@click.option(
+    "--sizes",
+    default="5000 20000 90000",
+    show_default=True,
+    callback=_integers,
+    help="Numbers of cells to simulate (GEO-sized: 13,953 genes, 134 proteins).",
+)
+@click.option(
+    "--models",
+    default=",".join(TRAINERS),
+    show_default=True,
+    help="Models to train and (the integrated ones) evaluate, comma-separated.",
+)
+@click.option("--epochs", default=2, show_default=True, help="Epochs (MOFA: iterations).")
+@click.option(
+    "--reference-up-to",
+    default=20000,
+    show_default=True,
+    help="Also time scib's own evaluation path at sizes up to this many cells.",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("data/08_reporting/benchmark"),
+    show_default=True,
+    help="Folder for benchmark.parquet and benchmark.md.",
+)
+def benchmark(
+    sizes: list[int], models: str, epochs: int, reference_up_to: int, output: Path
+) -> None:
+    """Time and peak memory of every stage at several sizes (see cite_bench.benchmark)."""
+    import sys
+
+    from cite_bench.benchmark import format_report, machine_description, run_benchmark
+    from cite_bench.datasets import ParquetDataset, TextDataset
+
+    chosen = [model.strip() for model in models.split(",") if model.strip()]
+    unknown = sorted(set(chosen) - set(TRAINERS))
+    if unknown:
+        raise click.BadParameter(f"unknown models {unknown}; known: {sorted(TRAINERS)}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    results = run_benchmark(Path.cwd(), sizes, chosen, epochs, reference_up_to)
+    command = "kedro " + " ".join(sys.argv[1:])
+    report = format_report(results, machine_description(), command)
+    ParquetDataset(filepath=str(output / "benchmark.parquet")).save(results)
+    TextDataset(filepath=str(output / "benchmark.md")).save(report)
+    click.echo(report)

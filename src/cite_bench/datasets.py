@@ -321,11 +321,14 @@ class SimulatedCiteSeqDataset(AbstractDataset[None, ad.AnnData]):
 
 
 class ModelDataset(AbstractVersionedDataset[Any, Any]):
-    """A trained model saved as a directory by its own ``save(dir_path, overwrite=...)`` and
-    loaded by its class's ``load(dir_path)`` (the scvi-tools convention, which MultiVAE shares).
-    The class is recorded beside the model so that loading needs no configuration."""
+    """A trained model, or several by name (one per seed: ``{"seed_0": model, ...}``), saved as
+    a directory by each model's own ``save(dir_path, overwrite=...)`` and loaded by its class's
+    ``load(dir_path)`` (the scvi-tools convention, which MultiVAE shares). The class is
+    recorded beside each model so that loading needs no configuration. The whole directory is
+    replaced at once, so models of seeds no longer asked for do not linger."""
 
     _CLASS_FILE = "model_class.json"
+    _INDEX_FILE = "models.json"
 
     def __init__(
         self,
@@ -346,6 +349,22 @@ class ModelDataset(AbstractVersionedDataset[Any, Any]):
 
     def load(self) -> Any:
         path = Path(self._get_load_path())
+        index = path / self._INDEX_FILE
+        if index.is_file():
+            return {name: self._load_one(path / name) for name in json.loads(index.read_text())}
+        return self._load_one(path)
+
+    def save(self, data: Any) -> None:
+        path = Path(self._get_save_path())
+        with atomic_path(path, directory=True) as temporary:
+            if isinstance(data, dict):
+                for name, model in data.items():
+                    self._save_one(model, temporary / name)
+                (temporary / self._INDEX_FILE).write_text(json.dumps(list(data)))
+            else:
+                self._save_one(data, temporary)
+
+    def _load_one(self, path: Path) -> Any:
         class_file = path / self._CLASS_FILE
         if not class_file.is_file():
             raise DatasetError(f"No saved model in '{path}' (missing {self._CLASS_FILE}).")
@@ -362,24 +381,23 @@ class ModelDataset(AbstractVersionedDataset[Any, Any]):
                 adata.uns[key] = value.tolist()
         return model_class.load(str(path), adata=adata)
 
-    def save(self, data: Any) -> None:
-        path = Path(self._get_save_path())
+    def _save_one(self, model: Any, path: Path) -> None:
         save_args = dict(self._save_args)
-        if "save_anndata" in inspect.signature(data.save).parameters:
+        if "save_anndata" in inspect.signature(model.save).parameters:
             # Keep the training data with the model so that it loads without arguments.
             save_args.setdefault("save_anndata", True)
-        with atomic_path(path, directory=True) as temporary:
-            data.save(str(temporary), overwrite=True, **save_args)
-            model_class = type(data)
-            (temporary / self._CLASS_FILE).write_text(
-                json.dumps({"class": f"{model_class.__module__}.{model_class.__qualname__}"})
-            )
+        model.save(str(path), overwrite=True, **save_args)
+        model_class = type(model)
+        (path / self._CLASS_FILE).write_text(
+            json.dumps({"class": f"{model_class.__module__}.{model_class.__qualname__}"})
+        )
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath), "version": self._version}
 
     def _exists(self) -> bool:
         try:
-            return (Path(self._get_load_path()) / self._CLASS_FILE).is_file()
+            path = Path(self._get_load_path())
+            return (path / self._CLASS_FILE).is_file() or (path / self._INDEX_FILE).is_file()
         except DatasetError:
             return False

@@ -9,9 +9,18 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from kedro.framework.hooks import hook_impl
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from cite_bench.pipelines.modelling.nodes import TRAINERS
+from cite_bench.pipelines.modelling.nodes import TRAINERS, parse_seeds
 
 Seed = Field(ge=0)
 
@@ -29,6 +38,7 @@ class Columns(_Block):
     label: str
     site: str
     donor: str
+    phase: str
 
 
 class Subsample(_Block):
@@ -50,7 +60,6 @@ class Hyperparameters(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    seed: int = Seed
     accelerator: Literal["auto", "cpu", "gpu"]
     deterministic: bool = True
     n_latent: PositiveInt | None = None
@@ -61,6 +70,13 @@ class Hyperparameters(BaseModel):
     convergence_mode: Literal["fast", "medium", "slow"] | None = None
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     train_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_seed(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "seed" in values:
+            raise ValueError("set the top-level 'seeds' list instead of a seed per model")
+        return values
 
 
 class Model(_Block):
@@ -82,8 +98,14 @@ class Parameters(BaseModel):
 
     columns: Columns
     data_processing: DataProcessing
+    seeds: list[int]
     modelling: dict[str, Model]
     evaluation: Evaluation
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, value: Any) -> list[int]:
+        return parse_seeds(value)
 
 
 def validate_parameters(params: dict[str, Any]) -> None:

@@ -1,10 +1,10 @@
 """MLflow tracking through a Kedro hook, so that nodes stay free of tracking code.
 
 Each ``kedro run`` is one parent run; each model it touches is a child run tagged with model,
-dataset, number of cells, seed and git commit, carrying the model's hyperparameters and the
+dataset, number of cells, seeds and git commit, carrying the model's hyperparameters and the
 preprocessing parameters as params and the evaluation metrics under the same keys for every
-model, so that selecting the child runs and pressing Compare in the MLflow UI gives the
-reference table.
+model (the mean over seeds, and ``<metric>_sd`` with several seeds), so that selecting the
+child runs and pressing Compare in the MLflow UI gives the reference table.
 
 A project hook rather than kedro-mlflow: kedro-mlflow logs one flat run per ``kedro run``,
 while a benchmark needs one comparable run per model.
@@ -29,6 +29,8 @@ from typing import Any
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
+
+from cite_bench.pipelines.modelling.nodes import parse_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,18 @@ def models_in(pipeline: Pipeline) -> list[str]:
     return list(models)
 
 
+def metric_values(metrics: pd.DataFrame) -> dict[str, float]:
+    """A model's metrics as MLflow metrics: the mean over seeds under the metric's key, and the
+    standard deviation under ``<key>_sd`` when there are several seeds."""
+    from cite_bench.pipelines.evaluation.nodes import summarise_over_seeds
+
+    summary = summarise_over_seeds(metrics.assign(model=""))
+    values = dict(zip(summary["metric"], summary["mean"], strict=True))
+    if (summary["n_seeds"] > 1).any():
+        values |= dict(zip(summary["metric"] + "_sd", summary["sd"], strict=True))
+    return values
+
+
 def git_commit(project_path: Path) -> str:
     """The checked-out commit, marked ``-dirty`` when the work tree has changes."""
     try:
@@ -221,6 +235,8 @@ class MlflowTrackingHook:
             **flatten(self._params.get("data_processing", {}), "data_processing."),
             **flatten(self._params.get(EVALUATION, {}), "evaluation."),
         }
+        seeds = " ".join(str(seed) for seed in parse_seeds(self._params.get("seeds", [0])))
+        shared_params["seeds"] = seeds
         self._log_params(self._parent, shared_params)
         for model in models_in(pipeline):
             hyperparameters = (
@@ -233,7 +249,7 @@ class MlflowTrackingHook:
                     **shared_tags,
                     "mlflow.parentRunId": self._parent,
                     "model": model,
-                    "seed": str(hyperparameters.get("seed", "")),
+                    "seeds": seeds,
                 },
             )
             self._children[model] = child.info.run_id
@@ -293,8 +309,7 @@ class MlflowTrackingHook:
                 lambda: self._log_frame(run_id, data, f"{model}_embedding.parquet"),
             )
         elif (stage, output) == (EVALUATION, "metrics"):
-            metrics = dict(zip(data["metric"], data["value"], strict=True))
-            self._safely(f"{model} metrics", lambda: self._log_metrics(run_id, metrics))
+            self._safely(f"{model} metrics", lambda: self._log_metrics(run_id, metric_values(data)))
 
     @hook_impl
     def after_pipeline_run(self) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
+import anndata as ad
 import mudata as md
 import numpy as np
 import pandas as pd
@@ -9,6 +12,7 @@ import pytest
 from scipy import sparse
 
 from cite_bench.datasets import CiteSeqFilesDataset
+from cite_bench.pipelines.data_processing import nodes
 from cite_bench.pipelines.data_processing.nodes import (
     InputDataError,
     assemble_mudata,
@@ -155,3 +159,122 @@ def test_starter_files_are_processed(starter_dir, processing_params, columns):
     assert set(mdata.obs["Site"].astype(str)) == {"s1"}
     assert set(mdata.obs["DonorNumber"].astype(str)) == {"d1", "d2"}
     assert isinstance(mdata.obs["cell_type"].dtype, pd.CategoricalDtype)
+
+
+# --- bounded memory: only the counts are taken, nothing is densified or copied twice -----------
+
+
+def test_validation_takes_only_the_counts(small_raw, columns, processing_params):
+    raw = small_raw.copy()
+    raw.layers["normalised"] = raw.X.copy()
+    paired = validate_input(raw, columns, processing_params)
+    for name in ("rna", "adt"):
+        modality = paired[name]
+        assert list(modality.layers.keys() - {None}) == ["counts"]
+        assert modality.X is modality.layers["counts"]  # one matrix, not a copy
+        assert sparse.issparse(modality.X) and modality.X.format == "csr"
+
+
+def test_backed_input_is_read_without_its_x(small_raw, columns, processing_params, tmp_path):
+    """A backed AnnData leaves X on disk; validation reads the counts layer only."""
+    path = tmp_path / "raw.h5ad"
+    small_raw.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        paired = validate_input(backed, columns, processing_params)
+    finally:
+        backed.file.close()
+    expected = validate_input(small_raw, columns, processing_params)
+    pd.testing.assert_frame_equal(paired.obs, expected.obs)
+    for name in ("rna", "adt"):
+        assert (paired[name].layers["counts"] != expected[name].layers["counts"]).nnz == 0
+
+
+def test_count_problems_are_added_up_over_blocks(
+    small_raw, columns, processing_params, monkeypatch
+):
+    monkeypatch.setattr(nodes, "_CHECK_BLOCK", 7)
+    raw = small_raw.copy()
+    counts = raw.layers["counts"] = raw.layers["counts"].copy()
+    gex = np.flatnonzero((raw.var["feature_types"] == "GEX").to_numpy())
+    counts.data[np.flatnonzero(np.isin(counts.indices, gex))[[0, 500, 5000]]] = -1
+    with pytest.raises(InputDataError, match="RNA layer 'counts' is not raw counts: 3 negative"):
+        validate_input(raw, columns, processing_params)
+
+
+def test_subsampling_copies_only_what_it_keeps(small_raw, columns, processing_params):
+    paired = validate_input(small_raw, columns, processing_params)
+    assert subsample_cells(paired, _subsample(None, 0), columns) is paired
+    subset = subsample_cells(paired, _subsample(100, 0), columns)
+    rna = subset["rna"]
+    assert rna.X is rna.layers["counts"]  # the shared matrix is copied once
+    rows = paired.obs_names.get_indexer(subset.obs_names)
+    assert (rna.layers["counts"] != paired["rna"].layers["counts"][rows]).nnz == 0
+
+
+def test_preprocessing_leaves_the_input_untouched(small_raw, columns, processing_params):
+    paired = validate_input(small_raw, columns, processing_params)
+    before = {name: paired[name].layers["counts"].copy() for name in ("rna", "adt")}
+    rna = preprocess_rna(paired, processing_params, columns)
+    preprocess_adt(paired, processing_params)
+    for name, counts in before.items():
+        after = paired[name].layers["counts"]
+        assert np.array_equal(after.indices, counts.indices)
+        assert np.array_equal(after.data, counts.data)
+    assert sparse.issparse(rna.X) and rna.X.format == "csr"
+    assert {"log1p", "hvg"} <= set(rna.uns)
+
+
+def _sparse_raw(n_cells: int, n_genes: int, n_proteins: int) -> ad.AnnData:
+    """A large, sparse input (2 % of genes detected per cell), cheap to build."""
+    rng = np.random.default_rng(0)
+    rna = sparse.random(n_cells, n_genes, density=0.02, format="csr", rng=rng, dtype=np.float32)
+    rna.data = rng.integers(1, 20, rna.nnz).astype(np.float32)
+    adt = sparse.csr_matrix(rng.poisson(20, (n_cells, n_proteins)).astype(np.float32))
+    counts = sparse.hstack([rna, adt], format="csr")
+    batch = np.array(["s1d1", "s1d2", "s2d1", "s3d6"])[rng.integers(0, 4, n_cells)]
+    return ad.AnnData(
+        X=counts.copy(),
+        obs=pd.DataFrame({"batch": batch}, index=[f"cell{i}" for i in range(n_cells)]),
+        var=pd.DataFrame(
+            {"feature_types": ["GEX"] * n_genes + ["ADT"] * n_proteins},
+            index=[f"g{i}" for i in range(n_genes)] + [f"p{i}" for i in range(n_proteins)],
+        ),
+        layers={"counts": counts},
+    )
+
+
+def test_no_step_densifies_the_rna_or_copies_it_twice(columns, processing_params):
+    """Peak memory of each node (numpy/scipy allocations) stays far below one dense
+    cells x genes matrix, and within a few copies of the sparse counts: RNA is sparse from
+    validation to the selected genes, and nothing is copied that need not be."""
+    raw = _sparse_raw(n_cells=3000, n_genes=8000, n_proteins=30)
+    dense = raw.n_obs * 8000 * np.dtype(np.float32).itemsize
+    counts = raw.layers["counts"]
+    stored = counts.data.nbytes + counts.indices.nbytes + counts.indptr.nbytes
+    params = {**processing_params, "subsample": {"n_cells": 2000, "seed": 0}}
+    peaks = {}
+
+    def traced(name, function, *args):
+        tracemalloc.start()
+        try:
+            result = function(*args)
+            peaks[name] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        return result
+
+    paired = traced("validate_input", validate_input, raw, columns, params)
+    subset = traced("subsample_cells", subsample_cells, paired, params, columns)
+    traced("preprocess_rna", preprocess_rna, subset, params, columns)
+    assert max(peaks.values()) < min(dense / 4, 2.5 * stored), peaks
+
+
+def test_cell_cycle_phase_is_carried_where_it_exists(small_raw, columns, processing_params):
+    raw = small_raw.copy()
+    raw.obs["GEX_phase"] = np.where(np.arange(raw.n_obs) % 3, "G1", "S")
+    paired = validate_input(raw, {**columns, "phase": "GEX_phase"}, processing_params)
+    assert list(paired.obs["GEX_phase"].cat.categories) == ["G1", "S"]
+    assert "GEX_phase" not in validate_input(raw, columns, processing_params).obs
+    without = validate_input(small_raw, {**columns, "phase": "GEX_phase"}, processing_params)
+    assert "GEX_phase" not in without.obs  # optional: evaluation skips the cell-cycle score

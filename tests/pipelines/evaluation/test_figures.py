@@ -23,7 +23,11 @@ def _cells(n_cells: int = 900, n_types: int = 45) -> pd.DataFrame:
 
 def test_umap_has_two_coordinates_per_cell():
     cells = _cells(200)
-    embedding = pd.DataFrame(np.random.default_rng(1).normal(size=(200, 8)), index=cells.index)
+    rng = np.random.default_rng(1)
+    embedding = pd.concat(
+        {seed: pd.DataFrame(rng.normal(size=(200, 8)), index=cells.index) for seed in (4, 5)},
+        names=["seed"],
+    )
     umap = compute_umap(embedding, {"n_neighbors": 10, "seed": 0})
     assert umap.shape == (200, 2)
     assert list(umap.index) == list(cells.index)
@@ -48,16 +52,33 @@ def test_umap_figure_has_a_panel_per_model_and_key_and_all_legend_entries(column
     figure.canvas.draw()  # renders without error
 
 
-def test_summary_figure_ranks_models_by_overall_score():
+def _summary_table(seeds: tuple[int, ...] = (0,)) -> pd.DataFrame:
     rows = []
     for model, overall in (("a", 0.5), ("b", 0.8), ("c", 0.6)):
-        for metric in METRICS:
-            value = overall if metric == "overall" else 0.7
-            rows.append({"model": model, "metric": metric, "value": value, "note": ""})
-    rows.append({"model": "c", "metric": "kbet", "value": np.nan, "note": "skipped"})
-    table = pd.DataFrame(rows).drop_duplicates(["model", "metric"], keep="last")
-    figure = plot_metric_summary(table)
+        for seed in seeds:
+            for metric in METRICS:
+                value = overall + 0.02 * seed if metric == "overall" else 0.7
+                rows.append(
+                    {"model": model, "seed": seed, "metric": metric, "value": value, "note": ""}
+                )
+            rows.append(
+                {"model": "c", "seed": seed, "metric": "kbet", "value": np.nan, "note": "skipped"}
+            )
+    return pd.DataFrame(rows).drop_duplicates(["model", "seed", "metric"], keep="last")
+
+
+def test_summary_figure_ranks_models_by_overall_score():
+    figure = plot_metric_summary(_summary_table())
     labels = [tick.get_text() for tick in figure.get_axes()[0].get_yticklabels()]
     assert labels == ["3. a", "2. c", "1. b"]  # drawn bottom-up: best on top
     texts = [text.get_text() for text in figure.get_axes()[0].texts]
     assert "n/a" in texts and "Batch correction" in texts
+    assert not any("±" in text for text in texts)
+
+
+def test_summary_figure_shows_the_spread_over_seeds():
+    figure = plot_metric_summary(_summary_table(seeds=(0, 1, 2)))
+    texts = [text.get_text() for text in figure.get_axes()[0].texts]
+    assert "0.82±0.02" in texts  # b's overall: 0.80, 0.82, 0.84
+    assert "0.70±0.00" in texts
+    assert "3 seeds" in figure.get_axes()[0].get_title()

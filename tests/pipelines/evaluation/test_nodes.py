@@ -11,6 +11,7 @@ from cite_bench.pipelines.evaluation.nodes import (
     BIO_METRICS,
     METRICS,
     aggregate_scores,
+    cell_cycle_conservation,
     collect_metrics,
     compute_metrics,
     embedding_anndata,
@@ -18,6 +19,8 @@ from cite_bench.pipelines.evaluation.nodes import (
     isolated_label_f1,
     leiden_arguments,
     leiden_clusterings,
+    score_embedding,
+    summarise_over_seeds,
 )
 
 PARAMS = {
@@ -50,7 +53,12 @@ def _score(embedding: pd.DataFrame, cells: pd.DataFrame, columns) -> pd.DataFram
     """Score against a fixed random 'unintegrated' reference."""
     rng = np.random.default_rng(1)
     unintegrated = pd.DataFrame(rng.normal(size=(len(cells), 10)), index=cells.index)
-    return compute_metrics(embedding, unintegrated, cells, PARAMS, columns)
+    return score_embedding(embedding, unintegrated, cells, PARAMS, columns)
+
+
+def _stacked(frames: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Embeddings by seed, stacked as the modelling pipeline writes them."""
+    return pd.concat(frames, names=["seed"])
 
 
 def test_separated_types_score_near_one(columns):
@@ -98,13 +106,55 @@ def test_embedding_must_match_the_cells(columns):
         embedding_anndata(broken, cells)
 
 
+def test_every_seed_is_scored_against_the_first_seed_of_the_baseline(columns):
+    cells = _cells()
+    embedding = _stacked({3: _embedding(cells, 20, seed=0), 7: _embedding(cells, 0.3, seed=1)})
+    rng = np.random.default_rng(1)
+    unintegrated = _stacked({0: pd.DataFrame(rng.normal(size=(len(cells), 10)), index=cells.index)})
+    metrics = compute_metrics(embedding, unintegrated, cells, PARAMS, columns)
+    assert list(metrics.columns) == ["seed", "metric", "value", "note"]
+    assert metrics.groupby("seed").size().to_dict() == {3: len(METRICS), 7: len(METRICS)}
+    nmi = metrics[metrics["metric"] == "nmi"].set_index("seed")["value"]
+    assert nmi[3] > 0.95 > nmi[7]  # each seed's own embedding was scored
+    alone = score_embedding(embedding.loc[3], unintegrated.loc[0], cells, PARAMS, columns)
+    pd.testing.assert_series_equal(
+        metrics[metrics["seed"] == 3]["value"].reset_index(drop=True), alone["value"]
+    )
+
+
+def test_cell_cycle_conservation_rewards_keeping_the_phase_signal():
+    rng = np.random.default_rng(0)
+    n = 600
+    phases = pd.Series(rng.choice(["G1", "S", "G2M"], n))
+    batches = np.repeat(["s1d1", "s1d2"], n // 2)
+    codes = phases.astype("category").cat.codes.to_numpy()
+    signal = np.eye(3)[codes] * 3
+    unintegrated = np.hstack([signal, rng.normal(size=(n, 7))])
+    kept = np.hstack([signal, rng.normal(size=(n, 7))])
+    lost = rng.normal(size=(n, 10))
+    assert cell_cycle_conservation(kept, unintegrated, phases, batches) > 0.9
+    assert cell_cycle_conservation(lost, unintegrated, phases, batches) < 0.2
+    one_phase = pd.Series(["G1"] * n)
+    assert np.isnan(cell_cycle_conservation(kept, unintegrated, one_phase, batches))
+
+
+def test_cell_cycle_is_scored_where_a_phase_column_exists(columns):
+    cells = _cells()
+    metrics = _score(_embedding(cells, 20), cells, columns).set_index("metric")
+    assert np.isnan(metrics.loc["cell_cycle", "value"])
+    assert metrics.loc["cell_cycle", "note"] == "skipped: no cell-cycle phase column 'phase' in obs"
+    cells["phase"] = np.random.default_rng(0).choice(["G1", "S", "G2M"], len(cells))
+    metrics = _score(_embedding(cells, 20), cells, columns).set_index("metric")
+    assert 0 <= metrics.loc["cell_cycle", "value"] <= 1
+
+
 def test_table_and_markdown_layout():
     metric_rows = pd.DataFrame(
-        {"metric": list(METRICS)[:5], "value": [0.5, 0.6, 0.7, 0.8, 0.9], "note": ""}
+        {"seed": 0, "metric": list(METRICS)[:5], "value": [0.5, 0.6, 0.7, 0.8, 0.9], "note": ""}
     )
     better = metric_rows.assign(value=metric_rows["value"] + 0.05)
     table = collect_metrics(mofa=metric_rows, totalvi=better)
-    assert list(table.columns) == ["model", "metric", "value", "note"]
+    assert list(table.columns) == ["model", "seed", "metric", "value", "note"]
     assert len(table) == 10
     markdown = format_metrics_table(table)
     lines = markdown.strip().splitlines()
@@ -113,10 +163,30 @@ def test_table_and_markdown_layout():
     assert len(lines) == 2 + 5
 
 
+def test_several_seeds_give_mean_and_standard_deviation():
+    rows = [
+        {"model": model, "seed": seed, "metric": "nmi", "value": value, "note": ""}
+        for model, values in (("mofa", [0.5, 0.7]), ("totalvi", [0.8, 0.8]))
+        for seed, value in zip((0, 1), values, strict=True)
+    ]
+    table = pd.DataFrame(rows)
+    summary = summarise_over_seeds(table).set_index("model")
+    assert summary.loc["mofa", "mean"] == pytest.approx(0.6)
+    assert summary.loc["mofa", "sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert summary.loc["totalvi", "sd"] == 0
+    assert (summary["n_seeds"] == 2).all()
+    markdown = format_metrics_table(table)
+    assert "| NMI | 0.600 ± 0.141 | **0.800 ± 0.000** |" in markdown
+    assert "Mean ± standard deviation over seeds 0, 1." in markdown
+    single = format_metrics_table(table[table["seed"] == 0])
+    assert "| NMI | 0.500 | **0.800** |" in single and "±" not in single
+
+
 def test_markdown_shows_missing_values_as_na():
     table = pd.DataFrame(
         {
             "model": ["a", "b"],
+            "seed": [0, 0],
             "metric": ["isolated_label_asw"] * 2,
             "value": [np.nan, np.nan],
             "note": ["skipped: no isolated label"] * 2,
@@ -134,7 +204,7 @@ def test_without_labels_every_label_metric_is_skipped_with_the_reason(columns):
     assert metrics.loc[label_free, "value"].notna().all()
     needs_labels = metrics.drop(index=[*label_free, "overall"])
     assert needs_labels["value"].isna().all()
-    skipped = needs_labels.drop(index=["bio_conservation"])
+    skipped = needs_labels.drop(index=["bio_conservation", "cell_cycle"])  # label-free
     assert skipped["note"].str.contains("no cell-type labels").all()
 
 
@@ -194,3 +264,18 @@ def test_constant_dimensions_are_ignored(columns):
     metrics = _score(embedding, cells, columns).set_index("metric")
     assert np.isfinite(metrics.loc["pcr_comparison", "value"])
     assert metrics.loc["nmi", "value"] > 0.95
+
+
+def test_igraph_clusterings_are_scanpys(columns):
+    """Converting the graph once gives exactly the clusters of sc.tl.leiden(flavor="igraph")."""
+    import scanpy as sc
+
+    cells = _cells(n_types=5, per_type=80)
+    adata = embedding_anndata(_embedding(cells, 2, seed=4), cells)
+    sc.pp.neighbors(adata, use_rep="X_emb", n_neighbors=15)
+    arguments = leiden_arguments(PARAMS)
+    ours = leiden_clusterings(adata, [0.3, 1.0, 2.5], arguments)
+    for resolution, clusters in zip([0.3, 1.0, 2.5], ours, strict=True):
+        sc.tl.leiden(adata, resolution=resolution, key_added="expected", **arguments)
+        np.testing.assert_array_equal(clusters, adata.obs["expected"].to_numpy().astype(str))
+    assert len(set(ours[2])) > len(set(ours[0]))

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from cite_bench.datasets import ModelDataset
-from cite_bench.pipelines.modelling.nodes import TRAINERS
+from cite_bench.pipelines.modelling.nodes import (
+    TRAINERS,
+    parse_seeds,
+    split_by_seed,
+    train_over_seeds,
+)
 
 HYPERPARAMETERS = {
     "mofa": {
@@ -86,3 +91,51 @@ def test_gpu_request_without_gpu_is_a_clear_error(small_mudata, columns):
     hyperparameters = {**HYPERPARAMETERS["mofa"], "seed": 0, "accelerator": "gpu"}
     with pytest.raises(RuntimeError, match="no CUDA device"):
         TRAINERS["mofa"](small_mudata, hyperparameters, columns)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [([0, 1, 2], [0, 1, 2]), (3, [3]), ("0 1 2", [0, 1, 2]), ("5", [5])]
+)
+def test_seeds_from_yaml_or_the_command_line(value, expected):
+    assert parse_seeds(value) == expected
+
+
+@pytest.mark.parametrize("value", [[], [1, 1], [-1], "0,x", [0.5]])
+def test_bad_seeds_are_refused(value):
+    with pytest.raises(ValueError, match="seeds"):
+        parse_seeds(value)
+
+
+def test_one_model_per_seed_and_seeds_differ(small_mudata, columns, tmp_path):
+    hyperparameters = {**HYPERPARAMETERS["totalvi"], "accelerator": "cpu"}
+    trainer = TRAINERS["totalvi"]
+    models, stacked, summary = train_over_seeds(
+        trainer, small_mudata, hyperparameters, [2, 5], columns
+    )
+    assert list(models) == ["seed_2", "seed_5"]
+    embeddings = split_by_seed(stacked)
+    assert list(embeddings) == [2, 5]
+    assert list(embeddings[2].index) == list(small_mudata.obs_names)
+    assert not np.allclose(embeddings[2].to_numpy(), embeddings[5].to_numpy())
+    _, alone, _ = trainer(small_mudata, {**hyperparameters, "seed": 5}, columns)
+    np.testing.assert_array_equal(embeddings[5].to_numpy(), alone.to_numpy())
+    assert summary["seeds"] == [2, 5]
+    assert [run["seed"] for run in summary["runs"]] == [2, 5]
+    times = [run["training_time_s"] for run in summary["runs"]]
+    assert summary["training_time_s"] == pytest.approx(np.mean(times), abs=1e-6)
+
+    dataset = ModelDataset(filepath=str(tmp_path / "totalvi"))
+    dataset.save(models)
+    loaded = dataset.load()
+    assert list(loaded) == ["seed_2", "seed_5"]
+    assert type(loaded["seed_5"]) is type(models["seed_5"])
+    dataset.save({"seed_2": models["seed_2"]})  # fewer seeds: none lingers
+    assert list(dataset.load()) == ["seed_2"]
+    assert not (tmp_path / "totalvi" / "seed_5").exists()
+
+
+def test_split_by_seed_needs_the_seed_level(small_mudata):
+    import pandas as pd
+
+    with pytest.raises(ValueError, match="'seed' index level"):
+        split_by_seed(pd.DataFrame(index=small_mudata.obs_names))

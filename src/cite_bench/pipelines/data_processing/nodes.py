@@ -2,6 +2,11 @@
 
 Raw data arrive either as one AnnData in the GEO layout (GEX and ADT told apart by
 ``var["feature_types"]``) or as a MuData with ``rna`` and ``adt`` modalities (separate files).
+
+Memory is bounded by the raw counts: only the counts layer is taken from the input (its ``X``
+is never read, so a backed AnnData keeps it on disk), RNA stays sparse throughout, cells are
+subsampled before anything is copied, and genes are cut to the highly variable ones before the
+result is kept.
 """
 
 from __future__ import annotations
@@ -36,20 +41,18 @@ def validate_input(
 
     Every problem is raised as an :class:`InputDataError` naming the modality, layer, column or
     feature at fault. Cells without any RNA or ADT counts are dropped (and counted in the log).
-    The result holds ``rna`` and ``adt`` with raw counts in ``layers[counts_layer]`` and the cell
-    annotations once, on the MuData, with ``Site`` and ``DonorNumber`` derived from ``batch``
-    (``s1d2`` -> ``s1``, ``d2``) where they are missing.
+    The result holds ``rna`` and ``adt`` with raw counts in ``layers[counts_layer]`` (``X`` is
+    the same matrix, not a copy; the input's own ``X`` and other layers are not carried) and the
+    cell annotations once, on the MuData, with ``Site`` and ``DonorNumber`` derived from
+    ``batch`` (``s1d2`` -> ``s1``, ``d2``) where they are missing.
     """
+    layer = params["counts_layer"]
     if isinstance(raw, md.MuData):
-        rna, adt = _modalities_from_mudata(raw)
+        (rna, rna_obs), (adt, adt_obs) = _modalities_from_mudata(raw, layer)
     elif isinstance(raw, ad.AnnData):
-        rna, adt = _modalities_from_feature_types(raw)
+        (rna, rna_obs), (adt, adt_obs) = _modalities_from_feature_types(raw, layer)
     else:
         raise InputDataError(f"The raw input is a {type(raw).__name__}, not AnnData or MuData.")
-    layer = params["counts_layer"]
-    for name, modality in (("RNA", rna), ("ADT", adt)):
-        _check_names(modality, name)
-        _check_counts(modality, layer, name)
     shared = rna.obs_names.intersection(adt.obs_names, sort=False)
     if shared.size < max(rna.n_obs, adt.n_obs):
         raise InputDataError(
@@ -57,9 +60,11 @@ def validate_input(
             f"{rna.n_obs - shared.size} RNA and {adt.n_obs - shared.size} ADT barcodes "
             "have no partner."
         )
-    adt = adt[rna.obs_names]
-    obs = _cell_annotations(rna.obs, adt.obs, columns)
-    mdata = md.MuData({"rna": _without_obs(rna), "adt": _without_obs(adt)})
+    if not adt.obs_names.equals(rna.obs_names):
+        order = adt.obs_names.get_indexer(rna.obs_names)
+        adt, adt_obs = _take_cells(adt, order), adt_obs.iloc[order]
+    obs = _cell_annotations(rna_obs, adt_obs, columns)
+    mdata = md.MuData({"rna": rna, "adt": adt})
     mdata.obs = obs
     mdata = _drop_empty_cells(mdata, layer)
     n_cells = params["subsample"]["n_cells"]
@@ -72,8 +77,8 @@ def validate_input(
     return mdata
 
 
-def _check_names(modality: ad.AnnData, name: str) -> None:
-    for axis, names in (("barcodes", modality.obs_names), ("feature names", modality.var_names)):
+def _check_names(obs_names: pd.Index, var_names: pd.Index, name: str) -> None:
+    for axis, names in (("barcodes", obs_names), ("feature names", var_names)):
         duplicated = names[names.duplicated()]
         if duplicated.size:
             raise InputDataError(
@@ -82,25 +87,34 @@ def _check_names(modality: ad.AnnData, name: str) -> None:
             )
 
 
-def _check_counts(modality: ad.AnnData, layer: str, name: str) -> None:
-    """Raw counts must exist and be finite, non-negative integers."""
+def _counts_layer(modality: ad.AnnData, layer: str, name: str) -> Any:
     layers = _named_layers(modality)
     if layer not in layers:
         raise InputDataError(
             f"{name} has no raw-count layer '{layer}' (layers: {sorted(layers) or 'none'}); "
             "set data_processing.counts_layer."
         )
-    matrix = layers[layer]
-    values = matrix.data if sparse.issparse(matrix) else np.asarray(matrix).ravel()
+    return layers[layer]
+
+
+# Values checked at a time: bounds the temporaries to a few hundred MB whatever the data size.
+_CHECK_BLOCK = 1 << 24
+
+
+def _check_count_values(matrix: Any, layer: str, name: str) -> None:
+    """Raw counts must be finite, non-negative integers. Only stored values are read (``.data``
+    of a sparse matrix), a block at a time."""
+    values = matrix.data if sparse.issparse(matrix) else np.asarray(matrix).reshape(-1)
     if values.dtype.kind not in "biuf":
         raise InputDataError(f"{name} layer '{layer}' is not numeric (dtype {values.dtype}).")
-    problems = {
-        "NaN or infinite": int((~np.isfinite(values)).sum()) if values.dtype.kind == "f" else 0,
-        "negative": int((values < 0).sum()),
-        "non-integer": int((np.mod(values[np.isfinite(values)], 1) != 0).sum())
-        if values.dtype.kind == "f"
-        else 0,
-    }
+    problems = {"NaN or infinite": 0, "negative": 0, "non-integer": 0}
+    for start in range(0, values.size, _CHECK_BLOCK):
+        block = values[start : start + _CHECK_BLOCK]
+        problems["negative"] += int(np.count_nonzero(block < 0))
+        if values.dtype.kind == "f":
+            finite = np.isfinite(block)
+            problems["NaN or infinite"] += int(block.size - np.count_nonzero(finite))
+            problems["non-integer"] += int(np.count_nonzero(finite & (block != np.floor(block))))
     for problem, count in problems.items():
         if count:
             raise InputDataError(
@@ -129,11 +143,31 @@ def _drop_empty_cells(mdata: md.MuData, layer: str) -> md.MuData:
 
 def _subset_cells(mdata: md.MuData, keep: np.ndarray) -> md.MuData:
     """The selected cells, with annotation categories that no cell uses any more removed."""
-    subset = mdata[keep].copy()
-    for column in subset.obs:
-        if isinstance(subset.obs[column].dtype, pd.CategoricalDtype):
-            subset.obs[column] = subset.obs[column].cat.remove_unused_categories()
+    subset = md.MuData({name: _take_cells(modality, keep) for name, modality in mdata.mod.items()})
+    obs = mdata.obs.iloc[keep].copy()
+    for column in obs:
+        if isinstance(obs[column].dtype, pd.CategoricalDtype):
+            obs[column] = obs[column].cat.remove_unused_categories()
+    subset.obs = obs
     return subset
+
+
+def _take_cells(modality: ad.AnnData, keep: np.ndarray) -> ad.AnnData:
+    """Rows ``keep`` of a modality, copying each matrix once: where ``X`` and a layer are the
+    same matrix (as after :func:`validate_input`), so are their copies."""
+    taken: dict[int, Any] = {}
+
+    def take(matrix: Any) -> Any:
+        if id(matrix) not in taken:
+            taken[id(matrix)] = matrix[keep]
+        return taken[id(matrix)]
+
+    return ad.AnnData(
+        X=None if modality.X is None else take(modality.X),
+        obs=modality.obs.iloc[keep],
+        var=modality.var,
+        layers={name: take(matrix) for name, matrix in _named_layers(modality).items()},
+    )
 
 
 def check_batch_sizes(obs: pd.DataFrame, batch: str, minimum: int) -> None:
@@ -148,22 +182,34 @@ def check_batch_sizes(obs: pd.DataFrame, batch: str, minimum: int) -> None:
         )
 
 
-def _without_obs(modality: ad.AnnData) -> ad.AnnData:
-    """The modality with its cell annotations dropped: they are kept once, on the MuData."""
-    return ad.AnnData(
-        X=modality.X,
-        obs=pd.DataFrame(index=modality.obs_names),
-        var=modality.var,
-        layers=_named_layers(modality),
-    )
-
-
 def _named_layers(modality: ad.AnnData) -> dict[str, Any]:
     """The layers proper: anndata 0.13 also lists ``.X`` among them under the key ``None``."""
     return {name: matrix for name, matrix in modality.layers.items() if name is not None}
 
 
-def _modalities_from_feature_types(raw: ad.AnnData) -> tuple[ad.AnnData, ad.AnnData]:
+def _counts_modality(
+    source: ad.AnnData, layer: str, name: str, features: np.ndarray | None = None
+) -> tuple[ad.AnnData, pd.DataFrame]:
+    """The checked raw counts of ``source`` (of the ``features`` columns only, where given) as
+    a modality whose ``X`` is its counts layer, and, apart, its cell annotations: they are kept
+    once, on the MuData. Only the counts layer is read, never ``X``."""
+    var = source.var if features is None else source.var.iloc[np.flatnonzero(features)]
+    _check_names(source.obs_names, var.index, name)
+    counts = _counts_layer(source, layer, name)
+    if features is not None:
+        counts = counts[:, features]
+    if sparse.issparse(counts) and counts.format != "csr":
+        counts = sparse.csr_matrix(counts)
+    _check_count_values(counts, layer, name)
+    modality = ad.AnnData(
+        X=counts, obs=pd.DataFrame(index=source.obs_names), var=var.copy(), layers={layer: counts}
+    )
+    return modality, source.obs
+
+
+def _modalities_from_feature_types(
+    raw: ad.AnnData, layer: str
+) -> tuple[tuple[ad.AnnData, pd.DataFrame], tuple[ad.AnnData, pd.DataFrame]]:
     if "feature_types" not in raw.var:
         raise InputDataError(
             "var has no 'feature_types' column: cannot tell RNA (GEX) from protein (ADT) features."
@@ -176,18 +222,20 @@ def _modalities_from_feature_types(raw: ad.AnnData) -> tuple[ad.AnnData, ad.AnnD
                 f"var['feature_types'] has no '{wanted}' features (found: {', '.join(found)})."
             )
     return (
-        raw[:, feature_types == RNA_FEATURE_TYPE].copy(),
-        raw[:, feature_types == ADT_FEATURE_TYPE].copy(),
+        _counts_modality(raw, layer, "RNA", (feature_types == RNA_FEATURE_TYPE).to_numpy()),
+        _counts_modality(raw, layer, "ADT", (feature_types == ADT_FEATURE_TYPE).to_numpy()),
     )
 
 
-def _modalities_from_mudata(raw: md.MuData) -> tuple[ad.AnnData, ad.AnnData]:
+def _modalities_from_mudata(
+    raw: md.MuData, layer: str
+) -> tuple[tuple[ad.AnnData, pd.DataFrame], tuple[ad.AnnData, pd.DataFrame]]:
     missing = {"rna", "adt"} - set(raw.mod)
     if missing:
         raise InputDataError(
             f"MuData has no modality {sorted(missing)} (found: {sorted(raw.mod)})."
         )
-    return raw["rna"].copy(), raw["adt"].copy()
+    return _counts_modality(raw["rna"], layer, "RNA"), _counts_modality(raw["adt"], layer, "ADT")
 
 
 def _cell_annotations(
@@ -195,9 +243,10 @@ def _cell_annotations(
 ) -> pd.DataFrame:
     """Collect the annotation columns, preferring RNA's and falling back to ADT's."""
     obs = pd.DataFrame(index=rna_obs.index)
-    for key in ("batch", "label", "site", "donor"):
-        column = columns[key]
-        for source in (rna_obs, adt_obs):
+    # ``phase`` (cell-cycle phase, for evaluation) is optional, in the columns and in the data.
+    for key in ("batch", "label", "site", "donor", "phase"):
+        column = columns.get(key)
+        for source in (rna_obs, adt_obs) if column else ():
             if column in source:
                 obs[column] = source[column].to_numpy()
                 break
@@ -239,7 +288,7 @@ def subsample_cells(mdata: md.MuData, params: dict[str, Any], columns: dict[str,
     ``subsample.seed``; every batch must keep enough cells for the models."""
     n_cells, seed = params["subsample"]["n_cells"], params["subsample"]["seed"]
     if n_cells is None or n_cells == mdata.n_obs:
-        return mdata.copy()
+        return mdata  # nothing changes, so nothing is copied
     if n_cells > mdata.n_obs:
         raise InputDataError(
             f"subsample.n_cells={n_cells} is larger than the data ({mdata.n_obs} cells); "
@@ -255,17 +304,35 @@ def subsample_cells(mdata: md.MuData, params: dict[str, Any], columns: dict[str,
 
 def preprocess_rna(mdata: md.MuData, params: dict[str, Any], columns: dict[str, str]) -> ad.AnnData:
     """Raw counts into ``.X`` (kept in ``layers["counts"]``), library-size normalisation,
-    ``log1p``, and the most variable genes selected with the site as batch key."""
-    rna = _with_raw_counts(mdata["rna"], params["counts_layer"], "RNA")
-    rna.obs = mdata.obs.loc[rna.obs_names].copy()
-    sc.pp.normalize_total(rna, target_sum=params["target_sum"])
-    sc.pp.log1p(rna)
-    n_top_genes = min(params["n_top_genes"], rna.n_vars)
-    sc.pp.highly_variable_genes(
-        rna, n_top_genes=n_top_genes, batch_key=columns["site"], subset=True
+    ``log1p``, and the most variable genes selected with the site as batch key.
+
+    The data stay sparse; scanpy works on the normalised matrix alone (its per-site copies then
+    leave the counts out), and only the selected genes are kept.
+    """
+    layer = params["counts_layer"]
+    counts = _raw_counts(mdata["rna"], layer, "RNA")
+    site = columns["site"]
+    work = ad.AnnData(
+        X=_values_copy(counts),
+        obs=mdata.obs.loc[mdata["rna"].obs_names, [site]],
+        var=pd.DataFrame(index=mdata["rna"].var_names),
     )
-    logger.info("Kept %d highly variable genes of %d.", rna.n_vars, mdata["rna"].n_vars)
-    rna.obs = pd.DataFrame(index=rna.obs_names)
+    sc.pp.normalize_total(work, target_sum=params["target_sum"])
+    sc.pp.log1p(work)
+    n_top_genes = min(params["n_top_genes"], work.n_vars)
+    sc.pp.highly_variable_genes(work, n_top_genes=n_top_genes, batch_key=site)
+    selected = work.var["highly_variable"].to_numpy()
+    var = mdata["rna"].var.loc[selected].copy()
+    for column in work.var:
+        var[column] = work.var.loc[selected, column].to_numpy()
+    rna = ad.AnnData(
+        X=work.X[:, selected],
+        obs=pd.DataFrame(index=work.obs_names),
+        var=var,
+        uns=dict(work.uns),
+        layers={"counts": counts[:, selected]},
+    )
+    logger.info("Kept %d highly variable genes of %d.", rna.n_vars, work.n_vars)
     return rna
 
 
@@ -276,16 +343,30 @@ def preprocess_adt(mdata: md.MuData, params: dict[str, Any]) -> ad.AnnData:
     return adt
 
 
+def _values_copy(counts: sparse.csr_matrix) -> sparse.csr_matrix:
+    """A copy of ``counts`` to normalise in place. Normalisation and ``log1p`` only rewrite the
+    values, so a canonical matrix lends its index arrays: half a copy of the counts is saved."""
+    if not counts.has_canonical_format:
+        return counts.copy()
+    return sparse.csr_matrix((counts.data.copy(), counts.indices, counts.indptr), counts.shape)
+
+
 def _with_raw_counts(modality: ad.AnnData, layer: str, name: str) -> ad.AnnData:
-    _check_counts(modality, layer, name)
-    counts = sparse.csr_matrix(modality.layers[layer], dtype=np.float32)
-    adata = ad.AnnData(
+    counts = _raw_counts(modality, layer, name)
+    return ad.AnnData(
         X=counts.copy(),
         obs=pd.DataFrame(index=modality.obs_names),
         var=modality.var.copy(),
         layers={"counts": counts},
     )
-    return adata
+
+
+def _raw_counts(modality: ad.AnnData, layer: str, name: str) -> sparse.csr_matrix:
+    """The checked counts as float32 CSR: the layer itself where it already is one (it is only
+    read, never changed), else a converted copy."""
+    matrix = _counts_layer(modality, layer, name)
+    _check_count_values(matrix, layer, name)
+    return sparse.csr_matrix(matrix, dtype=np.float32)
 
 
 def assemble_mudata(rna: ad.AnnData, adt: ad.AnnData, cells: md.MuData) -> md.MuData:

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .nodes import AGGREGATES, BATCH_METRICS, BIO_METRICS, METRICS
+from cite_bench.pipelines.modelling.nodes import split_by_seed
+
+from .nodes import AGGREGATES, BATCH_METRICS, BIO_METRICS, METRICS, summarise_over_seeds
 
 # Enough distinguishable colours for BMMC's 45 cell types.
 _PALETTE = [
@@ -20,10 +22,12 @@ _PALETTE = [
 
 
 def compute_umap(embedding: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """Two UMAP coordinates per cell from the embedding's kNN graph."""
+    """Two UMAP coordinates per cell from the kNN graph of the first seed's embedding (one
+    picture per model; the spread over seeds is in the metrics)."""
     import anndata as ad
     import scanpy as sc
 
+    embedding = next(iter(split_by_seed(embedding).values()))
     adata = ad.AnnData(obs=pd.DataFrame(index=embedding.index))
     adata.obsm["X_emb"] = embedding.to_numpy(dtype=np.float32)
     sc.pp.neighbors(
@@ -85,9 +89,13 @@ def plot_umaps(
 
 def plot_metric_summary(metrics: pd.DataFrame) -> Figure:
     """The scib results table as a figure: models ranked by the overall score, metrics grouped
-    into bio conservation and batch correction as circles, the aggregates as bars."""
-    wide = metrics.pivot(index="model", columns="metric", values="value")
+    into bio conservation and batch correction as circles, the aggregates as bars. With
+    several seeds, values are means and the standard deviation is printed under them."""
+    summary = summarise_over_seeds(metrics)
+    wide = summary.pivot(index="model", columns="metric", values="mean")
     wide = wide.sort_values("overall", ascending=False, na_position="last")
+    spread = summary.pivot(index="model", columns="metric", values="sd").loc[wide.index]
+    n_seeds = int(summary["n_seeds"].max())
     groups = [
         ("Bio conservation", [k for k in BIO_METRICS if k in wide]),
         ("Batch correction", [k for k in BATCH_METRICS if k in wide]),
@@ -100,16 +108,17 @@ def plot_metric_summary(metrics: pd.DataFrame) -> Figure:
     )
     colour_map = plt.get_cmap("viridis")
     for column, key in enumerate(columns):
-        for row, value in enumerate(wide[key]):
+        for row, (value, sd) in enumerate(zip(wide[key], spread[key], strict=True)):
             y = n_rows - 1 - row
             if np.isnan(value):
                 axis.text(column, y, "n/a", ha="center", va="center", fontsize=8, color="grey")
-            elif key in AGGREGATES:
+                continue
+            if key in AGGREGATES:
                 axis.barh(y, value * 0.9, left=column - 0.45, height=0.5, color=colour_map(value))
-                axis.text(column, y - 0.38, f"{value:.2f}", ha="center", va="center", fontsize=7)
             else:
                 axis.scatter(column, y, s=80 + 520 * value, color=colour_map(value))
-                axis.text(column, y - 0.38, f"{value:.2f}", ha="center", va="center", fontsize=7)
+            label = f"{value:.2f}" + (f"±{sd:.2f}" if n_seeds > 1 else "")
+            axis.text(column, y - 0.38, label, ha="center", va="center", fontsize=7)
     start = 0
     for title, keys in groups:
         if keys:
@@ -126,5 +135,6 @@ def plot_metric_summary(metrics: pd.DataFrame) -> Figure:
     axis.tick_params(length=0)
     for spine in axis.spines.values():
         spine.set_visible(False)
-    axis.set_title("Integration benchmark (ranked by overall score)", pad=24)
+    seeds = f", mean ± SD over {n_seeds} seeds" if n_seeds > 1 else ""
+    axis.set_title(f"Integration benchmark (ranked by overall score{seeds})", pad=24)
     return figure

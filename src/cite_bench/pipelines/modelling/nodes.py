@@ -1,8 +1,9 @@
 """One training function per integration model.
 
 Every trainer has the same contract, so that one template pipeline serves them all: it takes
-the preprocessed MuData, its hyperparameter block and the column names, and returns the trained
-model, the embedding (cells x latent dimensions, indexed by barcode) and a training summary.
+the preprocessed MuData, its hyperparameter block (with one ``seed``) and the column names, and
+returns the trained model, the embedding (cells x latent dimensions, indexed by barcode) and a
+training summary. ``train_over_seeds`` runs a trainer once per seed of the ``seeds`` parameter.
 Adding a model means adding a function here, an entry in ``TRAINERS`` and a parameter block.
 """
 
@@ -30,6 +31,7 @@ from .model_artifacts import MofaModel, PcaModel
 logger = logging.getLogger(__name__)
 
 TrainingResult = tuple[Any, pd.DataFrame, dict[str, Any]]
+SEED_LEVEL = "seed"
 
 
 def _embedding_frame(latent: np.ndarray, cells: pd.Index) -> pd.DataFrame:
@@ -301,6 +303,78 @@ def _reproducible_torch(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+def parse_seeds(seeds: int | str | list[int]) -> list[int]:
+    """The ``seeds`` parameter as a list: a YAML list, one seed, or seeds separated by spaces
+    (``kedro run --params "seeds=0 1 2"``: Kedro splits ``--params`` at commas)."""
+    values = seeds.split() if isinstance(seeds, str) else seeds
+    values = values if isinstance(values, list | tuple) else [values]
+    if not all(
+        (isinstance(value, int) and not isinstance(value, bool))
+        or (isinstance(value, str) and value.strip().lstrip("-").isdigit())
+        for value in values
+    ):
+        raise ValueError(f"seeds: expected whole numbers, got {seeds!r}")
+    parsed = [int(value) for value in values]
+    if not parsed or any(seed < 0 for seed in parsed) or len(set(parsed)) != len(parsed):
+        raise ValueError(f"seeds: expected distinct non-negative whole numbers, got {seeds!r}")
+    return parsed
+
+
+def train_over_seeds(
+    trainer: Callable[..., TrainingResult],
+    mdata: md.MuData,
+    hyperparameters: dict[str, Any],
+    seeds: int | str | list[int],
+    columns: dict[str, str],
+) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    """Train a model once per seed, so that scores can be reported as mean and spread.
+
+    Returns the models by ``seed_<n>``, the embeddings stacked under a ``seed`` index level
+    (``split_by_seed`` takes them apart) and one summary: means over seeds, and each run.
+    """
+    models, embeddings, runs = {}, [], []
+    for seed in parse_seeds(seeds):
+        logger.info("Training %s with seed %d.", trainer.__name__, seed)
+        model, embedding, summary = trainer(mdata, {**hyperparameters, "seed": seed}, columns)
+        models[f"seed_{seed}"] = model
+        embeddings.append(embedding)
+        runs.append(summary)
+    stacked = pd.concat(embeddings, keys=[run["seed"] for run in runs], names=[SEED_LEVEL])
+    return models, stacked, _summary_over_seeds(runs)
+
+
+def split_by_seed(embedding: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    """The per-seed embeddings (indexed by barcode) of ``train_over_seeds``' stacked output."""
+    if SEED_LEVEL not in embedding.index.names:
+        raise ValueError(
+            f"Expected an embedding with a '{SEED_LEVEL}' index level, got {embedding.index.names}."
+        )
+    return {
+        int(seed): frame.droplevel(SEED_LEVEL)
+        for seed, frame in embedding.groupby(level=SEED_LEVEL, sort=False)
+    }
+
+
+def _summary_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary for all seeds: per-run means at the top (what tracking logs), runs below."""
+    per_run = ("training_time_s", "final_training_loss", "n_epochs_trained")
+
+    def mean(key: str) -> float | None:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        return round(float(np.mean(values)), 6) if values else None
+
+    first = runs[0]
+    return {
+        "model": first["model"],
+        "n_cells": first["n_cells"],
+        "seeds": [run["seed"] for run in runs],
+        "device": first["device"],
+        **{key: mean(key) for key in per_run},
+        "runs": [{"seed": run["seed"], **{key: run.get(key) for key in per_run}} for run in runs],
+        "versions": first["versions"],
+    }
 
 
 def _use_gpu(accelerator: str) -> bool:

@@ -1,19 +1,26 @@
 """One template pipeline, instantiated per model under the ``modelling.<model>`` namespace."""
 
 from collections.abc import Callable
+from functools import partial
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import TRAINERS, TrainingResult
+from .nodes import TRAINERS, TrainingResult, train_over_seeds
 
 
 def create_model_pipeline(model: str, trainer: Callable[..., TrainingResult]) -> Pipeline:
-    """Train one model on the shared MuData; its outputs and parameters live in its namespace."""
+    """Train one model on the shared MuData, once per seed; its outputs and parameters live in
+    its namespace, the seeds and column names are shared by all models."""
     template = Pipeline(
         [
             Node(
-                trainer,
-                inputs=["cite_seq_mudata", "params:hyperparameters", "params:columns"],
+                partial(train_over_seeds, trainer),
+                inputs=[
+                    "cite_seq_mudata",
+                    "params:hyperparameters",
+                    "params:seeds",
+                    "params:columns",
+                ],
                 outputs=["trained_model", "embedding", "training_summary"],
                 name="train",
             )
@@ -23,7 +30,7 @@ def create_model_pipeline(model: str, trainer: Callable[..., TrainingResult]) ->
         template,
         namespace=f"modelling.{model}",
         inputs={"cite_seq_mudata"},
-        parameters={"params:columns"},
+        parameters={"params:seeds", "params:columns"},
         tags=["modelling", model],
     )
 
