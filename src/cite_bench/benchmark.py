@@ -106,15 +106,14 @@ def _run_stage(function: Callable[..., list[Row]], *args: Any) -> list[Row]:
 
 
 def _parameters(project_path: Path) -> dict[str, Any]:
+    """The parameters a plain ``kedro run`` would use (the project's own loader settings)."""
     from kedro.config import OmegaConfigLoader
 
-    loader = OmegaConfigLoader(
-        conf_source=str(project_path / "conf"),
-        base_env="base",
-        default_run_env="base",
-        merge_strategy={"parameters": "soft", "globals": "soft"},
-    )
-    return loader["parameters"]
+    from cite_bench.settings import CONFIG_LOADER_ARGS
+
+    return OmegaConfigLoader(conf_source=str(project_path / "conf"), **CONFIG_LOADER_ARGS)[
+        "parameters"
+    ]
 
 
 def stage_simulate(n_cells: int, path: str, seed: int) -> list[Row]:
@@ -130,8 +129,11 @@ def stage_simulate(n_cells: int, path: str, seed: int) -> list[Row]:
     return _finish(record)
 
 
-def stage_preprocess(project_path: str, raw_path: str, mudata_path: str) -> list[Row]:
-    """The data_processing nodes in pipeline order on the backed input (as ``--env geo``)."""
+def stage_preprocess(
+    project_path: str, raw_path: str, mudata_path: str, cells_path: str
+) -> list[Row]:
+    """The data_processing nodes in pipeline order on the backed input (as ``--env geo``),
+    writing the MuData and the cell metadata that the later stages read."""
     import anndata as ad
 
     from cite_bench.pipelines.data_processing import nodes
@@ -154,8 +156,11 @@ def stage_preprocess(project_path: str, raw_path: str, mudata_path: str) -> list
     with record("assemble_mudata"):
         mdata = nodes.assemble_mudata(rna, adt, subsampled)
         del rna, adt, subsampled
+    with record("extract_cell_metadata"):
+        cells = nodes.extract_cell_metadata(mdata)
     with record("write .h5mu"):
         mdata.write(mudata_path)
+    cells.to_parquet(cells_path)
     return _finish(record)
 
 
@@ -179,7 +184,6 @@ def stage_train(
     with record("train"):
         _, embedding, summary = TRAINERS[model](mdata, hyperparameters, params["columns"])
     embedding.to_parquet(embedding_path)
-    mdata.obs.to_parquet(Path(embedding_path).with_name("cells.parquet"))
     train = record.rows[-1]
     train["note"] = f"on {summary.get('device', '?')}"
     if "max_epochs" in hyperparameters or "n_iterations" in hyperparameters:
@@ -196,7 +200,9 @@ def stage_train(
     return _finish(record)
 
 
-def stage_evaluate(project_path: str, embedding_paths: dict[str, str], path: str) -> list[Row]:
+def stage_evaluate(
+    project_path: str, embedding_paths: dict[str, str], cells_path: str, path: str
+) -> list[Row]:
     """Score each model's embedding in one process, as ``kedro run`` does: with
     ``score_embedding`` (the pipeline's evaluation), or scib's path (``path="scib"``)."""
     from cite_bench.pipelines.evaluation.nodes import score_embedding
@@ -211,10 +217,10 @@ def stage_evaluate(project_path: str, embedding_paths: dict[str, str], path: str
         else:
             score_embedding(frame, frame, cells, evaluation, columns, profile=profile)
 
+    cells = pd.read_parquet(cells_path)
     rows: list[Row] = []
     for number, (model, embedding_path) in enumerate(embedding_paths.items()):
         embedding = pd.read_parquet(embedding_path)
-        cells = pd.read_parquet(Path(embedding_path).with_name("cells.parquet"))
         record = StepRecorder(stage=f"evaluate {model} ({path})")
         if not number:
             with record("warm-up: imports, JIT compilation on 500 cells (once per run)"):
@@ -296,9 +302,10 @@ def run_benchmark(
             folder = scratch / f"{n_cells}"
             folder.mkdir(parents=True, exist_ok=True)
             raw, mudata = folder / "raw.h5ad", folder / "cite_seq.h5mu"
+            cells = str(folder / "cells.parquet")
             stages: list[tuple[Callable[..., list[Row]], tuple[Any, ...]]] = [
                 (stage_simulate, (n_cells, str(raw), seed)),
-                (stage_preprocess, (str(project_path), str(raw), str(mudata))),
+                (stage_preprocess, (str(project_path), str(raw), str(mudata), cells)),
             ]
             for model in models:
                 embedding = folder / model / "embedding.parquet"
@@ -312,9 +319,8 @@ def run_benchmark(
                 if model in INTEGRATED
             }
             if embeddings:
-                stages.append((stage_evaluate, (str(project_path), embeddings, "fast")))
-                if n_cells <= reference_up_to:
-                    stages.append((stage_evaluate, (str(project_path), embeddings, "scib")))
+                for path in ("fast", "scib") if n_cells <= reference_up_to else ("fast",):
+                    stages.append((stage_evaluate, (str(project_path), embeddings, cells, path)))
             for function, args in stages:
                 logger.info("benchmark: %s cells, %s%s", f"{n_cells:,}", function.__name__, args)
                 for row in _run_stage(function, *args):

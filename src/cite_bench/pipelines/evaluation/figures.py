@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cite_bench.pipelines.modelling.nodes import split_by_seed
+from cite_bench.pipelines.modelling.nodes import first_seed
 
 from .nodes import AGGREGATES, BATCH_METRICS, BIO_METRICS, METRICS, summarise_over_seeds
 
@@ -27,7 +27,7 @@ def compute_umap(embedding: pd.DataFrame, params: dict[str, Any]) -> pd.DataFram
     import anndata as ad
     import scanpy as sc
 
-    embedding = next(iter(split_by_seed(embedding).values()))
+    embedding = first_seed(embedding)
     adata = ad.AnnData(obs=pd.DataFrame(index=embedding.index))
     adata.obsm["X_emb"] = embedding.to_numpy(dtype=np.float32)
     sc.pp.neighbors(

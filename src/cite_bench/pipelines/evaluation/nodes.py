@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 
-from cite_bench.pipelines.modelling.nodes import split_by_seed
+from cite_bench.pipelines.modelling.nodes import first_seed, split_by_seed
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def compute_metrics(
 ) -> pd.DataFrame:
     """Score a model's embedding for each seed it was trained with (``score_embedding``); one
     row per seed and metric. The unintegrated reference is the baseline's first seed."""
-    reference = next(iter(split_by_seed(unintegrated).values()))
+    reference = first_seed(unintegrated)
     tables = [
         score_embedding(frame, reference, cells, params, columns).assign(seed=seed)
         for seed, frame in split_by_seed(embedding).items()

@@ -357,6 +357,11 @@ def split_by_seed(embedding: pd.DataFrame) -> dict[int, pd.DataFrame]:
     }
 
 
+def first_seed(embedding: pd.DataFrame) -> pd.DataFrame:
+    """The embedding of the first seed: the one drawn, and the unintegrated reference."""
+    return next(iter(split_by_seed(embedding).values()))
+
+
 def _summary_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One summary for all seeds: per-run means at the top (what tracking logs), runs below."""
     per_run = ("training_time_s", "final_training_loss", "n_epochs_trained")
