@@ -29,5 +29,6 @@ lint: install
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
-clean-data:  ## remove generated artifacts (keeps data/*/.gitkeep)
-	find data -mindepth 2 ! -name .gitkeep -delete 2>/dev/null; find data -mindepth 2 -type d -empty -delete
+clean-data:  ## remove what runs wrote under data/; never data/01_raw/ (inputs, downloads, .part files)
+	find data -mindepth 2 ! -path 'data/01_raw/*' ! -type d ! -name .gitkeep -delete
+	find data -mindepth 2 ! -path 'data/01_raw/*' -type d -empty -delete

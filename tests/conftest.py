@@ -28,6 +28,7 @@ PROCESSING = {
     "subsample": {"n_cells": None, "seed": 0},
     "min_cells_per_batch": 5,
     "counts_layer": "counts",
+    "max_adt_features": 500,
     "target_sum": 10000,
     "n_top_genes": 200,
     "clr_axis": 1,

@@ -59,6 +59,17 @@ def test_shipped_parameters_are_valid(env):
         ),
         (lambda p: p.update(seeds=[1, 1]), "seeds: Value error, seeds: expected distinct"),
         (lambda p: p.update(seeds="0,1"), "seeds: Value error, seeds: expected whole numbers"),
+        (lambda p: p["modelling"].pop("random_gaussian"), "modelling.random_gaussian: missing"),
+        (
+            lambda p: p["evaluation"].update(metrics="everything"),
+            "evaluation.metrics: Value error, evaluation.metrics: unknown preset 'everything'",
+        ),
+        (
+            lambda p: p["evaluation"].update(metrics=["nmi", "nmj"]),
+            r"unknown metrics \['nmj'\]",
+        ),
+        (lambda p: p["evaluation"].update(rank_by="best"), "evaluation.rank_by"),
+        (lambda p: p["controls"].update(enabled="maybe"), "controls.enabled"),
     ],
 )
 def test_mistakes_are_named(change, message):

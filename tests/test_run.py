@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cite_bench.pipelines.evaluation.nodes import METRICS
-from cite_bench.pipelines.modelling.nodes import TRAINERS, split_by_seed
+from cite_bench.methods import METHODS
+from cite_bench.metrics import AGGREGATES, METRICS
+from cite_bench.seeds import split_by_seed
 
 from .conftest import FAST_TRAINING, run_kedro
 from .test_tracking import check_run_layout
@@ -30,7 +31,7 @@ def _outputs(root: Path, dataset: str) -> dict[str, Path]:
         "markdown": root / f"data/08_reporting/{dataset}/metrics.md",
         **{
             model: root / f"data/07_model_output/{dataset}/{model}_embedding.parquet"
-            for model in TRAINERS
+            for model in METHODS
         },
     }
 
@@ -38,11 +39,11 @@ def _outputs(root: Path, dataset: str) -> dict[str, Path]:
 def _check_metrics_table(path: Path, n_seeds: int = 1) -> pd.DataFrame:
     """The tidy table is complete and in range; returns metric x model means over seeds."""
     table = pd.read_parquet(path)
-    assert set(table["model"]) == set(TRAINERS)
-    assert len(table) == len(TRAINERS) * len(METRICS) * n_seeds
-    assert (table.groupby("model")["seed"].nunique() == n_seeds).all()
-    wide = table.pivot_table(index="metric", columns="model", values="value", dropna=False)
-    assert set(wide.index) == set(METRICS)
+    assert set(table["method"]) == set(METHODS)
+    assert len(table) == len(METHODS) * (len(METRICS) + len(AGGREGATES)) * n_seeds
+    assert (table.groupby("method")["seed"].nunique() == n_seeds).all()
+    wide = table.pivot_table(index="metric", columns="method", values="value", dropna=False)
+    assert set(wide.index) == set(METRICS) | set(AGGREGATES)
     missing = table[table["value"].isna()]
     assert missing["note"].str.startswith("skipped").all(), "a missing metric needs a reason"
     # ARI is below 0 when clusters agree less than by chance (a barely trained model).
@@ -58,18 +59,33 @@ def test_default_run_on_the_demo(project):
     mdata = md.read_h5mu(outputs["mudata"])
     assert mdata.n_obs == 600
     assert "counts" in mdata["rna"].layers and "counts" in mdata["adt"].layers
-    for model in TRAINERS:
+    for model in METHODS:
         embeddings = split_by_seed(pd.read_parquet(outputs[model]))
         assert list(embeddings) == [0]
         assert list(embeddings[0].index) == list(mdata.obs_names)
         assert (project / f"data/06_models/demo/{model}/seed_0/model_class.json").is_file()
     table = _check_metrics_table(outputs["table"])
     markdown = outputs["markdown"].read_text()
-    assert markdown.startswith("| Metric | " + " | ".join(TRAINERS) + " |")
+    assert markdown.startswith("### Scaled scores (0 = worst control, 1 = best control)")
+    header = next(line for line in markdown.splitlines() if line.startswith("| Metric |"))
+    assert set(header.strip(" |").split(" | ")[1:]) == set(METHODS)
+    assert "### Raw scores" in markdown
     assert markdown.count("**") >= 2 * 5
-    # The run is tracked in the embedded MLflow store: one parent, one child per model.
+    # The run is tracked in the embedded MLflow store: one parent, one child per method.
     check_run_layout(f"sqlite:///{project / 'mlflow.db'}", pd.read_parquet(outputs["table"]))
-    assert table.shape == (len(METRICS), len(TRAINERS))
+    assert table.shape == (len(METRICS) + len(AGGREGATES), len(METHODS))
+    check_controls(pd.read_parquet(outputs["table"]))
+
+
+def check_controls(table: pd.DataFrame) -> None:
+    """The controls bound the scaled scores: the random embedding's bio conservation near 0,
+    the cell-type embedding's near 1; the reference is not scored against itself."""
+    scaled = table.pivot_table(index="metric", columns="method", values="scaled", dropna=False)
+    assert scaled.loc["bio_conservation", "random_gaussian"] < 0.15
+    assert scaled.loc["bio_conservation", "cell_type_embedding"] > 0.85
+    reference = table[(table["method"] == "pca_rna") & table["metric"].isin(["pcr_comparison"])]
+    assert reference["value"].isna().all()
+    assert reference["note"].str.contains("unintegrated reference").all()
 
 
 def test_pipelines_run_one_after_another(project):
@@ -78,7 +94,7 @@ def test_pipelines_run_one_after_another(project):
     run_kedro(project, pipeline_names=["data_processing"], runtime_params=params)
     assert _outputs(project, "demo")["mudata"].is_file()
     run_kedro(project, pipeline_names=["modelling"], runtime_params=params)
-    assert all(_outputs(project, "demo")[model].is_file() for model in TRAINERS)
+    assert all(_outputs(project, "demo")[model].is_file() for model in METHODS)
     run_kedro(project, pipeline_names=["evaluation"], runtime_params=params)
     _check_metrics_table(_outputs(project, "demo")["table"])
 
@@ -137,7 +153,7 @@ def test_three_seeds_from_the_command_line_give_mean_and_spread(project):
     outputs = _outputs(project, "demo")
     _check_metrics_table(outputs["table"], n_seeds=3)
     table = pd.read_parquet(outputs["table"])
-    spread = table.groupby(["model", "metric"])["value"].std()
+    spread = table.groupby(["method", "metric"])["value"].std()
     models_dir = project / "data/06_models/demo"
     for model in ("mofa", "totalvi", "multigrate"):
         assert spread.loc[(model, "overall")] > 0, f"{model}: identical scores over seeds"
@@ -146,7 +162,8 @@ def test_three_seeds_from_the_command_line_give_mean_and_spread(project):
         assert saved == ["seed_0", "seed_1", "seed_2"]
     markdown = outputs["markdown"].read_text()
     assert "Mean ± standard deviation over seeds 0, 1, 2." in markdown
-    assert markdown.count(" ± ") >= len(TRAINERS) * len(METRICS) - 10
+    integrated = [name for name, method in METHODS.items() if method.role == "integrated"]
+    assert markdown.count(" ± ") >= 2 * len(integrated) * len(METRICS)
     summary = json.loads(
         (project / "data/07_model_output/demo/mofa_training_summary.json").read_text()
     )
@@ -166,13 +183,27 @@ def test_starter_run_reaches_published_quality(project, starter_dir):
     outputs = _outputs(project, "bmmc_cite_starter")
     mdata = md.read_h5mu(outputs["mudata"])
     assert mdata.n_obs == 600
-    for model in TRAINERS:
+    for model in METHODS:
         embedding = pd.read_parquet(outputs[model])
         assert embedding.shape[0] == 600
         assert np.isfinite(embedding.to_numpy()).all()
     wide = _check_metrics_table(outputs["table"])
-    assert wide.notna().all().all()  # the starter has isolated labels
+    table = pd.read_parquet(outputs["table"])
     print("\n" + outputs["markdown"].read_text())
+    # The starter has isolated labels and a phase column: every metric applies, except the
+    # reference-based ones for the reference itself.
+    assert wide.drop(columns="pca_rna").notna().all().all()
+    own = table[
+        (table["method"] == "pca_rna") & table["metric"].isin(["cell_cycle", "pcr_comparison"])
+    ]
+    assert own["value"].isna().all()
+    assert own["note"].str.contains("unintegrated reference").all()
+    pca_rna = table[table["method"] == "pca_rna"].set_index("metric")
+    counted = [key for key, m in METRICS.items() if m.group == "bio" and key != "cell_cycle"]
+    assert pca_rna.loc["bio_conservation", "value"] == pytest.approx(
+        pca_rna.loc[counted, "value"].mean()
+    )
+    check_controls(table)
     assert wide.loc["nmi", "totalvi"] >= 0.65
     assert wide.loc["nmi", "mofa"] >= 0.65
 
@@ -182,7 +213,7 @@ def test_same_seed_same_numbers(project):
     params = {**DEMO, **FAST_TRAINING, "tracking": {"enabled": False}}
     outputs = _outputs(project, "demo")
     run_kedro(project, runtime_params=params)
-    first = {name: pd.read_parquet(outputs[name]) for name in ("table", *TRAINERS)}
+    first = {name: pd.read_parquet(outputs[name]) for name in ("table", *METHODS)}
     run_kedro(project, runtime_params=params)
     for name, frame in first.items():
         pd.testing.assert_frame_equal(pd.read_parquet(outputs[name]), frame)
@@ -223,9 +254,17 @@ def test_a_dataset_without_labels_still_trains_and_says_what_was_skipped(project
             "tracking": {"enabled": False},
         },
     )
-    for model in TRAINERS:
+    for model in METHODS:
         assert (project / f"data/07_model_output/bmmc_cite/{model}_embedding.parquet").is_file()
     table = pd.read_parquet(project / "data/08_reporting/bmmc_cite/metrics.parquet")
+    # Controls that need labels are skipped, with the reason.
+    needs_labels = [name for name, method in METHODS.items() if method.needs_labels]
+    skipped_controls = table[table["method"].isin(needs_labels)]
+    assert skipped_controls["value"].isna().all()
+    metric_rows = skipped_controls[skipped_controls["metric"].isin(METRICS)]
+    assert metric_rows["note"].str.contains("needs cell-type labels").all()
+    table = table[~table["method"].isin(needs_labels)]
+    table = table[~((table["method"] == "pca_rna") & (table["metric"] == "pcr_comparison"))]
     label_free = table["metric"].isin(["ilisi", "pcr_comparison", "batch_correction"])
     assert table.loc[label_free, "value"].notna().all()  # label-free metrics are reported
     others = ["bio_conservation", "overall", "cell_cycle"]  # the demo has no phase either
@@ -233,3 +272,150 @@ def test_a_dataset_without_labels_still_trains_and_says_what_was_skipped(project
     assert skipped["value"].isna().all()
     assert skipped["note"].str.contains("no cell-type labels").all()
     assert "no cell-type labels" in (project / "data/08_reporting/bmmc_cite/metrics.md").read_text()
+
+
+# --- users' own data: every input format, built from the real starter subset -----------------
+
+
+def _tenx_h5(folder: Path, starter_dir: Path) -> tuple[str, dict]:
+    from .cite_seq_files import cell_ranger_counts, starter_pair, write_cell_ranger_h5
+
+    path = write_cell_ranger_h5(
+        cell_ranger_counts(*starter_pair(starter_dir, "s1d1")), folder / "filtered.h5"
+    )
+    return "tenx", {"tenx": str(path)}
+
+
+def _tenx_folder(folder: Path, starter_dir: Path) -> tuple[str, dict]:
+    from .cite_seq_files import cell_ranger_counts, starter_pair, write_cell_ranger_folder
+
+    path = write_cell_ranger_folder(
+        cell_ranger_counts(*starter_pair(starter_dir, "s1d2")), folder / "filtered"
+    )
+    return "tenx", {"tenx": str(path)}
+
+
+def _h5mu(folder: Path, starter_dir: Path) -> tuple[str, dict]:
+    from .cite_seq_files import starter_pair, write_h5mu
+
+    return "h5mu", {"h5mu": str(write_h5mu(*starter_pair(starter_dir), folder / "data.h5mu"))}
+
+
+def _h5ad_single_sample(folder: Path, starter_dir: Path) -> tuple[str, dict]:
+    """One sample, counts in X (no counts layer), 10x feature types, labels, no batch."""
+    from .cite_seq_files import cell_ranger_counts, starter_pair
+
+    rna, adt = starter_pair(starter_dir, "s1d2")
+    adata = cell_ranger_counts(rna, adt)
+    adata.obs["cell_type"] = rna.obs["cell_type"].to_numpy()
+    adata.write_h5ad(folder / "sample.h5ad")
+    return "h5ad", {"h5ad": str(folder / "sample.h5ad")}
+
+
+# (format, how to write it -> (env, inputs), cells, batches, has labels)
+INPUT_FORMATS = [
+    ("10x .h5, one sample", _tenx_h5, 311, {"all"}, False),
+    ("10x matrix folder, one sample", _tenx_folder, 289, {"all"}, False),
+    (".h5mu with rna and prot", _h5mu, 600, {"s1d1", "s1d2"}, True),
+    (".h5ad, counts in X, no batch", _h5ad_single_sample, 289, {"all"}, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "write", "n_cells", "batches", "labelled"),
+    INPUT_FORMATS,
+    ids=[c[0] for c in INPUT_FORMATS],
+)
+def test_data_processing_reads_every_input_format(
+    project, tmp_path_factory, starter_dir, case, write, n_cells, batches, labelled
+):
+    env, inputs = write(tmp_path_factory.mktemp("input"), starter_dir)
+    run_kedro(
+        project,
+        env=env,
+        pipeline_names=["data_processing"],
+        runtime_params={"inputs": inputs, "tracking": {"enabled": False}},
+    )
+    mdata = md.read_h5mu(project / f"data/03_primary/{env}.h5mu")
+    assert mdata.n_obs == n_cells
+    assert mdata["adt"].n_vars == 134
+    assert mdata["rna"].var["highly_variable"].all()
+    assert set(mdata.obs["batch"].astype(str)) == batches
+    assert ("cell_type" in mdata.obs) == labelled
+    cells = pd.read_parquet(project / f"data/03_primary/{env}_cells.parquet")
+    assert list(cells.index) == list(mdata.obs_names)
+
+
+def test_several_cell_ranger_samples_from_the_command_line(project, tmp_path, starter_dir):
+    """The README's command: one Cell Ranger output per sample, named on the command line."""
+    from .cite_seq_files import (
+        cell_ranger_counts,
+        starter_pair,
+        write_cell_ranger_folder,
+        write_cell_ranger_h5,
+    )
+
+    first = write_cell_ranger_h5(
+        cell_ranger_counts(*starter_pair(starter_dir, "s1d1")), tmp_path / "s1d1.h5"
+    )
+    second = write_cell_ranger_folder(
+        cell_ranger_counts(*starter_pair(starter_dir, "s1d2")), tmp_path / "s1d2"
+    )
+    params = f"inputs.samples.s1d1={first},inputs.samples.s1d2={second},tracking.enabled=false"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kedro",
+            "run",
+            "--env",
+            "samples",
+            "--pipeline",
+            "data_processing",
+            "--params",
+            params,
+        ],
+        check=False,
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    mdata = md.read_h5mu(project / "data/03_primary/samples.h5mu")
+    assert mdata.n_obs == 600
+    assert mdata.obs["batch"].astype(str).value_counts().to_dict() == {"s1d1": 311, "s1d2": 289}
+    assert mdata.obs_names[0].endswith("-1-s1d1")  # barcodes made unique by sample
+    assert set(mdata.obs["Site"].astype(str)) == {"s1"}  # derived from the sample names
+
+
+def test_single_sample_cell_ranger_file_runs_end_to_end(project, tmp_path, starter_dir):
+    """One 10x sample (counts in X, no batch, no labels): every model trains, without a batch
+    covariate, and each metric that cannot apply is reported as such, with its reason."""
+    import torch
+
+    _, inputs = _tenx_h5(tmp_path, starter_dir)
+    run_kedro(
+        project,
+        env="tenx",
+        runtime_params={**FAST_TRAINING, "inputs": inputs, "tracking": {"enabled": False}},
+    )
+    outputs = _outputs(project, "tenx")
+    for model in ("mofa", "totalvi", "multigrate", "pca_rna", "pca_rna_adt"):
+        assert len(pd.read_parquet(outputs[model])) == 311
+    table = pd.read_parquet(outputs["table"])
+    assert table["value"].isna().all()  # no labels, one batch: nothing to score
+    assert table["note"].str.startswith("skipped").all()
+    integrated = table[table["method"].isin(["mofa", "totalvi", "multigrate"])]
+    notes = integrated.set_index(["method", "metric"])["note"]
+    for metric in ("ilisi", "pcr_comparison"):  # the batch metrics that need no labels
+        assert (notes.xs(metric, level="metric") == "skipped: only one batch in 'batch'").all()
+    assert notes.xs("ari", level="metric").str.contains("no cell-type labels").all()
+    markdown = outputs["markdown"].read_text()
+    assert "only one batch in 'batch'" in markdown and "no cell-type labels" in markdown
+    models = project / "data/06_models/tenx"
+    totalvi = torch.load(models / "totalvi/seed_0/model.pt", weights_only=False)
+    assert totalvi["attr_dict"]["registry_"]["setup_args"]["batch_key"] is None
+    multigrate = torch.load(models / "multigrate/seed_0/model.pt", weights_only=False)
+    setup = multigrate["attr_dict"]["registry_"]["setup_args"]
+    assert setup["categorical_covariate_keys"] is None

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from cite_bench.pipelines.modelling.nodes import TRAINERS
+from cite_bench.methods import METHODS
 
 
 def test_kedro_viz_build(project):
@@ -26,7 +26,7 @@ def test_kedro_viz_build(project):
     pipelines = {pipeline["id"] for pipeline in graph["pipelines"]}
     assert {"__default__", "data_processing", "modelling", "evaluation"} <= pipelines
     namespaces = set(graph["modular_pipelines"])
-    for model in TRAINERS:
+    for model in METHODS:
         assert {f"modelling.{model}", f"evaluation.{model}"} <= namespaces
     layers = set(graph["layers"])
     assert {"raw", "primary", "models", "model_output", "reporting"} <= layers

@@ -30,17 +30,18 @@ from typing import Any
 
 import pandas as pd
 
+from cite_bench.methods import METHODS
+
 logger = logging.getLogger(__name__)
 
 GEO_GENES = 13_953
 GEO_PROTEINS = 134
-INTEGRATED = ("mofa", "totalvi", "multigrate")
 # What both evaluation paths compute (reference.REFERENCE_KEYS), by the fast path's steps.
 FAST_STEPS_FOR_REFERENCE = (
     "knn",
     "knn_graph",
     "leiden",
-    "ari_nmi",
+    "optimal_resolution",
     "silhouettes",
     "graph_connectivity",
 )
@@ -170,8 +171,6 @@ def stage_train(
     """Train one model briefly; report the time per epoch (MOFA: per iteration)."""
     import mudata as md
 
-    from cite_bench.pipelines.modelling.nodes import TRAINERS
-
     params = _parameters(Path(project_path))
     hyperparameters = {**params["modelling"][model]["hyperparameters"], "seed": 0}
     if "max_epochs" in hyperparameters:
@@ -182,7 +181,7 @@ def stage_train(
     with record("load .h5mu"):
         mdata = md.read_h5mu(mudata_path)
     with record("train"):
-        _, embedding, summary = TRAINERS[model](mdata, hyperparameters, params["columns"])
+        _, embedding, summary = METHODS[model].train(mdata, hyperparameters, params["columns"])
     embedding.to_parquet(embedding_path)
     train = record.rows[-1]
     train["note"] = f"on {summary.get('device', '?')}"
@@ -293,8 +292,13 @@ def run_benchmark(
     reference_up_to: int,
     seed: int = 0,
     workdir: Path | None = None,
+    after_each_size: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
-    """Every stage at every size; one row per size, stage and step."""
+    """Every stage at every size; one row per size, stage and step.
+
+    ``after_each_size`` gets the results so far once each size is done, so that a long
+    benchmark that fails or is stopped at a large size keeps what the smaller sizes measured.
+    """
     rows: list[Row] = []
     with contextlib.ExitStack() as stack:
         scratch = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -316,7 +320,7 @@ def run_benchmark(
             embeddings = {
                 model: str(folder / model / "embedding.parquet")
                 for model in models
-                if model in INTEGRATED
+                if METHODS[model].role == "integrated"
             }
             if embeddings:
                 for path in ("fast", "scib") if n_cells <= reference_up_to else ("fast",):
@@ -326,6 +330,12 @@ def run_benchmark(
                 for row in _run_stage(function, *args):
                     rows.append({"n_cells": n_cells, "note": "", **row})
             raw.unlink(missing_ok=True)  # the largest file; nothing reads it again
+            if after_each_size is not None:
+                after_each_size(_results_frame(rows))
+    return _results_frame(rows)
+
+
+def _results_frame(rows: list[Row]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["n_cells", "stage", "step", "wall_s", "peak_rss_gb", "note"])
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from cite_bench.download import GEO_FILE, GEO_URL, DownloadError, download
-from cite_bench.pipelines.modelling.nodes import TRAINERS
+from cite_bench.methods import METHODS
 
 
 @click.group(name="cite_bench")
@@ -27,15 +27,27 @@ def cli() -> None:
     help="The decompressed file to write (what `kedro run --env geo` reads).",
 )
 @click.option("--sha256", default=None, help="Expected SHA-256 of the downloaded (.gz) file.")
-@click.option("--retries", default=5, show_default=True, help="Attempts before giving up.")
-def download_geo(url: str, dest: Path, sha256: str | None, retries: int) -> None:
+@click.option(
+    "--retries",
+    default=6,
+    show_default=True,
+    help="Failed attempts in a row (none adding bytes) before giving up.",
+)
+@click.option(
+    "--backoff",
+    default=2.0,
+    show_default=True,
+    help="Seconds before the first retry; doubles with each failure, up to a minute.",
+)
+def download_geo(url: str, dest: Path, sha256: str | None, retries: int, backoff: float) -> None:
     """Download the NeurIPS 2021 BMMC CITE-seq file from GEO (GSE194122) into data/01_raw/.
 
-    Interrupted downloads resume from DEST.gz.part on the next call.
+    Interrupted downloads resume from DEST.gz.part on the next call, if the server's file is
+    still the same; otherwise the download starts over.
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        result = download(url, dest, sha256=sha256, retries=retries)
+        result = download(url, dest, sha256=sha256, retries=retries, backoff_s=backoff)
     except DownloadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{result.path} ready ({result.size:,} bytes downloaded, SHA-256 {result.sha256})")
@@ -58,7 +70,7 @@ def _integers(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 )
 @click.option(
     "--models",
-    default=",".join(TRAINERS),
+    default=",".join(METHODS),
     show_default=True,
     help="Models to train and (the integrated ones) evaluate, comma-separated.",
 )
@@ -82,17 +94,27 @@ def benchmark(
     """Time and peak memory of every stage at several sizes (see cite_bench.benchmark)."""
     import sys
 
+    import pandas as pd
+
     from cite_bench.benchmark import format_report, machine_description, run_benchmark
     from cite_bench.datasets import ParquetDataset, TextDataset
 
     chosen = [model.strip() for model in models.split(",") if model.strip()]
-    unknown = sorted(set(chosen) - set(TRAINERS))
+    unknown = sorted(set(chosen) - set(METHODS))
     if unknown:
-        raise click.BadParameter(f"unknown models {unknown}; known: {sorted(TRAINERS)}")
+        raise click.BadParameter(f"unknown models {unknown}; known: {sorted(METHODS)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    results = run_benchmark(Path.cwd(), sizes, chosen, epochs, reference_up_to)
     command = "kedro " + " ".join(sys.argv[1:])
-    report = format_report(results, machine_description(), command)
-    ParquetDataset(filepath=str(output / "benchmark.parquet")).save(results)
-    TextDataset(filepath=str(output / "benchmark.md")).save(report)
-    click.echo(report)
+    machine = machine_description()
+
+    def write(results: pd.DataFrame) -> None:
+        """Both files, rewritten after each size: a stopped benchmark keeps what it measured."""
+        ParquetDataset(filepath=str(output / "benchmark.parquet")).save(results)
+        TextDataset(filepath=str(output / "benchmark.md")).save(
+            format_report(results, machine, command)
+        )
+
+    results = run_benchmark(
+        Path.cwd(), sizes, chosen, epochs, reference_up_to, after_each_size=write
+    )
+    click.echo(format_report(results, machine, command))

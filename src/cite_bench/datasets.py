@@ -9,18 +9,26 @@ write through h5py, which needs a real file).
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib
 import inspect
 import json
+import logging
 import os
+import pickle
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import anndata as ad
 import fsspec
+import h5py
 import kedro_datasets.json
 import kedro_datasets.matplotlib
 import kedro_datasets.pandas
@@ -38,13 +46,20 @@ from kedro_datasets._typing import TablePreview
 
 from cite_bench.simulation import simulate_cite_seq
 
+logger = logging.getLogger(__name__)
 _LOCAL = fsspec.filesystem("file")
+
+
+# Hidden names beside a target: ".<name>.tmp-*" while it is written, ".<name>.old-*" for the
+# replaced folder during a folder swap. A kill can leave either; see recover_interrupted_writes.
+_TEMPORARY_MARK = ".tmp-"
+_REPLACED_MARK = ".old-"
 
 
 def _temporary_sibling(target: Path, directory: bool = False) -> Path:
     """A new hidden file or folder beside ``target``, on the same filesystem."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}.tmp-"
+    prefix = f".{target.name}{_TEMPORARY_MARK}"
     if directory:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     handle, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
@@ -59,8 +74,9 @@ def _publish(temporary: Path, target: Path) -> None:
     os.umask(umask)
     temporary.chmod((0o777 if temporary.is_dir() else 0o666) & ~umask)
     if temporary.is_dir() and target.exists():
-        # A directory cannot be renamed over a non-empty one: swap via a second rename.
-        stale = target.with_name(f".{target.name}.old-{os.getpid()}")
+        # A directory cannot be renamed over a non-empty one: swap via a second rename. A kill
+        # between the two leaves only the hidden old folder, which the next run puts back.
+        stale = target.with_name(f".{target.name}{_REPLACED_MARK}{uuid.uuid4().hex[:12]}")
         target.rename(stale)
         temporary.rename(target)
         shutil.rmtree(stale)
@@ -85,6 +101,36 @@ def atomic_path(target: Path, directory: bool = False) -> Iterator[Path]:
     finally:
         if temporary.exists():
             _discard(temporary)
+
+
+def recover_interrupted_writes(target: Path) -> list[str]:
+    """Clear what a killed write left beside ``target``; return what was done, for the log.
+
+    A kill during a write leaves a hidden ``.<name>.tmp-*`` (never under the final name): it is
+    removed. A kill between the two renames of a folder swap leaves the previous folder as
+    ``.<name>.old-*`` and nothing under the final name: it is put back, so the artifact that
+    went with the other outputs of its node is restored; with the final name present, it is
+    removed. Call only while no other process writes ``target`` (the run lock).
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    actions = []
+    hidden = f".{glob.escape(target.name)}"
+    for temporary in sorted(target.parent.glob(f"{hidden}{_TEMPORARY_MARK}*")):
+        _discard(temporary)
+        actions.append(f"removed the unfinished '{temporary}'")
+    replaced = sorted(
+        target.parent.glob(f"{hidden}{_REPLACED_MARK}*"), key=lambda path: path.stat().st_mtime
+    )
+    for previous in reversed(replaced):
+        if not target.exists():
+            previous.rename(target)
+            actions.append(f"restored '{target}' from '{previous}' (killed while replacing it)")
+        else:
+            _discard(previous)
+            actions.append(f"removed the replaced '{previous}'")
+    return actions
 
 
 class _AtomicSave:
@@ -283,6 +329,7 @@ class CiteSeqFilesDataset(AbstractDataset[None, md.MuData]):
     def load(self) -> md.MuData:
         modalities = {}
         for name, path in self._paths.items():
+            _require_input(path, ("h5ad",), f"the {name.upper()} AnnData (.h5ad) file")
             _require_file(path, f"{name.upper()} AnnData (.h5ad)")
             try:
                 modalities[name] = ad.read_h5ad(path)
@@ -300,6 +347,239 @@ class CiteSeqFilesDataset(AbstractDataset[None, md.MuData]):
 
     def _exists(self) -> bool:
         return all(path.is_file() for path in self._paths.values())
+
+
+# --- raw inputs in the common CITE-seq formats -----------------------------------------------
+# Read-only, and each reader checks what a file holds (not its name) before reading it, so that a
+# file given to the wrong input setting is named with the setting that reads it.
+
+# Each format: what it is, and the command that reads it.
+INPUT_FORMATS: dict[str, tuple[str, str]] = {
+    "h5ad": ("an AnnData (.h5ad) file", "kedro run --env h5ad --params inputs.h5ad={path}"),
+    "h5mu": ("a MuData (.h5mu) file", "kedro run --env h5mu --params inputs.h5mu={path}"),
+    "10x_h5": (
+        "a 10x Cell Ranger HDF5 file (filtered_feature_bc_matrix.h5)",
+        "kedro run --env tenx --params inputs.tenx={path}",
+    ),
+    "10x_mtx": (
+        "a 10x Cell Ranger matrix folder (matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz)",
+        "kedro run --env tenx --params inputs.tenx={path}",
+    ),
+}
+
+
+def input_format(path: Path) -> str | None:
+    """The format of a raw input by its content: a key of ``INPUT_FORMATS``, or None when it is
+    none of them (not HDF5, or another HDF5 layout)."""
+    if path.is_dir():
+        return "10x_mtx" if _matrix_file(path) is not None else None
+    try:
+        with h5py.File(path, "r") as handle:
+            encoding = handle.attrs.get("encoding-type", "")
+            encoding = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
+            keys = set(handle.keys())
+            if encoding == "MuData" or "mod" in keys:
+                return "h5mu"
+            if encoding == "anndata" or {"obs", "var"} <= keys:
+                return "h5ad"
+            legacy = any(
+                isinstance(group, h5py.Group) and {"barcodes", "gene_names"} <= set(group.keys())
+                for group in handle.values()
+            )
+            if "matrix" in keys or legacy:
+                return "10x_h5"
+    except OSError:
+        return None
+    return None
+
+
+def _matrix_file(folder: Path) -> Path | None:
+    """The matrix of a Cell Ranger matrix folder (``matrix.mtx.gz``; uncompressed from older
+    Cell Ranger versions and STARsolo)."""
+    for name in ("matrix.mtx.gz", "matrix.mtx"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _require_input(path: Path, expected: tuple[str, ...], reader: str) -> str | None:
+    """Refuse a missing input, and one of another known format with the command that reads it.
+    Returns the format found (None: unknown, left to the reader to fail on)."""
+    if not path.exists():
+        raise DatasetError(f"{reader} not found: '{path}'. See the README for the input formats.")
+    found = input_format(path)
+    if found is None or found in expected:
+        return found
+    description, command = INPUT_FORMATS[found]
+    raise DatasetError(
+        f"'{path}' is {description}, not {reader}: read it with "
+        f"`{command.format(path=path)}` (see the README's input table)."
+    )
+
+
+def read_cell_ranger(path: Path) -> ad.AnnData:
+    """A Cell Ranger ``filtered_feature_bc_matrix.h5`` or matrix folder, every feature type kept
+    (scanpy's 10x readers with ``gex_only=False``): counts in ``X``, ``var["feature_types"]``
+    ``Gene Expression`` / ``Antibody Capture``. Gene symbols that the reference repeats are made
+    unique within each feature type (an antibody may share its name with its gene)."""
+    import scanpy as sc
+
+    reader = "a 10x Cell Ranger .h5 file or matrix folder"
+    found = _require_input(path, ("10x_h5", "10x_mtx"), reader)
+    if found is None:
+        raise DatasetError(
+            f"'{path}' is not {reader}: give Cell Ranger's filtered_feature_bc_matrix.h5, or its "
+            "filtered_feature_bc_matrix folder with matrix.mtx.gz, features.tsv.gz and "
+            "barcodes.tsv.gz."
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*names are not unique", UserWarning)
+        try:
+            if found == "10x_h5":
+                adata = sc.read_10x_h5(path, gex_only=False)
+            else:
+                compressed = _matrix_file(path).suffix == ".gz"
+                adata = sc.read_10x_mtx(
+                    path, gex_only=False, make_unique=False, compressed=compressed
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise DatasetError(f"'{path}' is not a readable {reader}: {exc}") from exc
+        _unique_names_within_feature_types(adata)
+    return adata
+
+
+def _unique_names_within_feature_types(adata: ad.AnnData) -> None:
+    if "feature_types" not in adata.var:
+        adata.var_names_make_unique()
+        return
+    names = adata.var_names.to_numpy(dtype=object).copy()
+    feature_types = adata.var["feature_types"].astype(str).to_numpy()
+    for kind in np.unique(feature_types):
+        of_kind = feature_types == kind
+        before = pd.Index(names[of_kind])
+        after = ad.utils.make_index_unique(before)
+        renamed = after != before
+        if renamed.any():
+            logger.info(
+                "Made %d repeated %s feature names unique (e.g. %s).",
+                int(renamed.sum()),
+                kind,
+                list(after[renamed][:3]),
+            )
+        names[of_kind] = after.to_numpy()
+    adata.var_names = pd.Index(names.astype(str))
+
+
+class CellRangerDataset(AbstractDataset[None, ad.AnnData]):
+    """One 10x Genomics Cell Ranger output of a CITE-seq run: ``filtered_feature_bc_matrix.h5``
+    or the ``filtered_feature_bc_matrix`` folder. Counts are in ``X``; no batch column, so the
+    cells are one batch. Read-only."""
+
+    def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> ad.AnnData:
+        return read_cell_ranger(self._path)
+
+    def save(self, data: ad.AnnData) -> None:
+        raise DatasetError("CellRangerDataset is read-only: raw inputs are never written.")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._path)}
+
+    def _exists(self) -> bool:
+        return self._path.exists()
+
+
+_FEATURE_NAME = "feature_name"
+
+
+class CellRangerSamplesDataset(AbstractDataset[None, ad.AnnData]):
+    """Several Cell Ranger outputs (one run per donor or lane), each a ``.h5`` file or matrix
+    folder under a sample name, as one AnnData: the sample name is the batch (``obs[
+    sample_column]``) and is appended to each barcode (``AAACCCAAGAAACCAT-1-donor1``), which
+    makes barcodes unique across samples. Only features found in every sample are kept (the
+    log counts the others). Read-only."""
+
+    def __init__(
+        self,
+        *,
+        samples: dict[str, str] | None,
+        sample_column: str = "batch",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._samples = {str(name): Path(path) for name, path in (samples or {}).items()}
+        self._sample_column = sample_column
+        self.metadata = metadata
+
+    def load(self) -> ad.AnnData:
+        if not self._samples:
+            raise DatasetError(
+                "No samples given: name each Cell Ranger output, e.g. "
+                "`--params inputs.samples.donor1=/path/donor1.h5,"
+                "inputs.samples.donor2=/path/donor2/filtered_feature_bc_matrix`."
+            )
+        parts = {}
+        for name, path in self._samples.items():
+            # Matched by feature ID: unique, where a gene and its antibody may share a name.
+            adata = read_cell_ranger(path)
+            adata.var[_FEATURE_NAME] = adata.var_names
+            adata.var_names = adata.var["gene_ids"].astype(str)
+            parts[name] = adata
+        common = pd.Index(next(iter(parts.values())).var_names)
+        for adata in parts.values():
+            common = common.intersection(adata.var_names, sort=False)
+        partial = {name: adata.n_vars - common.size for name, adata in parts.items()}
+        if any(partial.values()):
+            logger.warning(
+                "Kept the %d features found in every sample; dropped those missing from some "
+                "sample (%s).",
+                common.size,
+                ", ".join(f"{n} only in {name}" for name, n in partial.items() if n),
+            )
+        combined = ad.concat(
+            parts, join="inner", merge="same", label=self._sample_column, index_unique="-"
+        )
+        combined.var_names = combined.var.pop(_FEATURE_NAME).astype(str)
+        return combined
+
+    def save(self, data: ad.AnnData) -> None:
+        raise DatasetError("CellRangerSamplesDataset is read-only: raw inputs are never written.")
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "samples": {name: str(path) for name, path in self._samples.items()},
+            "sample_column": self._sample_column,
+        }
+
+    def _exists(self) -> bool:
+        return bool(self._samples) and all(path.exists() for path in self._samples.values())
+
+
+class CiteSeqH5adDataset(AnnDataDataset):
+    """One ``.h5ad`` with RNA and protein features told apart by ``var["feature_types"]`` (the
+    GEO file, or your own). ``load_args`` go to ``anndata.read_h5ad`` (``backed: r`` leaves
+    ``X`` on disk). Read-only."""
+
+    def load(self) -> ad.AnnData:
+        _require_input(Path(self._get_load_path()), ("h5ad",), "an AnnData (.h5ad) file")
+        return super().load()
+
+    def save(self, data: ad.AnnData) -> None:
+        raise DatasetError("CiteSeqH5adDataset is read-only: raw inputs are never written.")
+
+
+class CiteSeqH5muDataset(MuDataDataset):
+    """One ``.h5mu`` with an RNA modality ``rna`` and a protein modality ``prot`` or ``adt``
+    (as scverse tools name them). Read-only."""
+
+    def load(self) -> md.MuData:
+        _require_input(Path(self._get_load_path()), ("h5mu",), "a MuData (.h5mu) file")
+        return super().load()
+
+    def save(self, data: md.MuData) -> None:
+        raise DatasetError("CiteSeqH5muDataset is read-only: raw inputs are never written.")
 
 
 class SimulatedCiteSeqDataset(AbstractDataset[None, ad.AnnData]):
@@ -320,12 +600,139 @@ class SimulatedCiteSeqDataset(AbstractDataset[None, ad.AnnData]):
         return dict(self._simulation_args)
 
 
+# Model classes a saved model may name in its model_class.json. Loading imports the class and
+# runs its ``load``, so a model folder could otherwise make the project import and run any
+# code: only these third-party classes (by public import path) and the classes defined in the
+# project's own model module are accepted. A new model class goes here or in that module.
+THIRD_PARTY_MODEL_CLASSES = ("scvi.model.TOTALVI", "multigrate.model.MultiVAE")
+PROJECT_MODEL_MODULE = "cite_bench.pipelines.modelling.model_artifacts"
+# A model's name in models.json becomes a folder name: one plain path component, no "..".
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _check_model_name(name: object, source: str) -> str:
+    """``name`` if it is a plain folder name; saved indexes are input, and joined into paths."""
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name) or ".." in name:
+        raise DatasetError(
+            f"{source}: model name {name!r} is not a plain folder name (letters, digits, '_', "
+            "'-', '.'; no path separators, no '..'); refusing to use it as a path."
+        )
+    return name
+
+
+def _package(dotted_name: str) -> str:
+    return dotted_name.split(".", maxsplit=1)[0]
+
+
+def _allowed_model_class(recorded: object) -> type | None:
+    """The class a saved model names, if it is one of the project's model classes."""
+    if not isinstance(recorded, str):
+        return None
+    module_name, _, class_name = recorded.rpartition(".")
+    if module_name == PROJECT_MODEL_MODULE:
+        candidate = getattr(importlib.import_module(module_name), class_name, None)
+        if isinstance(candidate, type) and candidate.__module__ == module_name:
+            return candidate
+        return None
+    for public in THIRD_PARTY_MODEL_CLASSES:
+        if _package(recorded) != _package(public):
+            continue  # import only the package the name claims
+        public_module, _, public_name = public.rpartition(".")
+        candidate = getattr(importlib.import_module(public_module), public_name)
+        # Folders saved before public names were recorded name the defining module.
+        if recorded in (public, f"{candidate.__module__}.{candidate.__qualname__}"):
+            return candidate
+    return None
+
+
+def _class_name_to_record(model_class: type) -> str:
+    """The public import path recorded for ``model_class``; refuses classes that could not be
+    loaded again (a save that cannot be loaded is found out too late)."""
+    own = f"{model_class.__module__}.{model_class.__qualname__}"
+    for name in (*THIRD_PARTY_MODEL_CLASSES, own):
+        if _package(name) == _package(own) and _allowed_model_class(name) is model_class:
+            return name
+    raise DatasetError(
+        f"ModelDataset stores only the project's model classes, not {own}: add it to "
+        f"THIRD_PARTY_MODEL_CLASSES in cite_bench/datasets.py or define it in "
+        f"{PROJECT_MODEL_MODULE}."
+    )
+
+
+# What scvi-tools' model.pt holds besides what torch itself allows in weights-only files
+# (tensors, storages, OrderedDict, ...): plain containers, numpy arrays and the pandas frames of
+# its data registry, by the names the pickle uses. All of them only build data.
+TORCH_DATA_GLOBALS = frozenset(
+    {
+        "builtins.bytes",
+        "builtins.dict",
+        "builtins.frozenset",
+        "builtins.list",
+        "builtins.set",
+        "builtins.slice",
+        "builtins.tuple",
+        "collections.defaultdict",
+        "collections.OrderedDict",
+        "numpy._core.multiarray._reconstruct",
+        "numpy._core.multiarray.scalar",
+        "numpy.core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy.dtype",
+        "numpy.ndarray",
+        *(f"numpy.dtypes.{type(np.dtype(code)).__name__}" for code in "?bhilqBHILQefdgFDGOUS"),
+        "pandas._libs.internals._unpickle_block",
+        "pandas.core.arrays.categorical.Categorical",
+        "pandas.core.dtypes.dtypes.CategoricalDtype",
+        "pandas.core.frame.DataFrame",
+        "pandas.core.indexes.base.Index",
+        "pandas.core.indexes.base._new_Index",
+        "pandas.core.indexes.category.CategoricalIndex",
+        "pandas.core.indexes.range.RangeIndex",
+        "pandas.core.internals.managers.BlockManager",
+        "pandas.core.series.Series",
+    }
+)
+
+
+def _check_torch_files(folder: Path) -> None:
+    """Refuse ``*.pt`` files that name anything but tensors and data.
+
+    scvi-tools reads them with ``torch.load(weights_only=False)``, which calls whatever the
+    pickle names; torch's weights-only reader cannot read them (it rejects the data registry's
+    defaultdict). So every name the pickle refers to is listed first, without running it
+    (torch's static scan, which rejects pickle instructions it does not know), and the file is
+    loaded only if each is one torch allows in weights-only files or in ``TORCH_DATA_GLOBALS``.
+    """
+    files = sorted(folder.glob("*.pt"))
+    if not files:
+        return
+    import torch
+
+    for file in files:
+        try:
+            unexpected = sorted(
+                set(torch.serialization.get_unsafe_globals_in_checkpoint(file)) - TORCH_DATA_GLOBALS
+            )
+        except (pickle.UnpicklingError, ValueError, RuntimeError, EOFError) as exc:
+            unexpected = [f"unreadable: {type(exc).__name__}: {exc}"]
+        if unexpected:
+            raise DatasetError(
+                f"'{file}' refers to {', '.join(unexpected)}, not only to tensors and data, "
+                "and loading it would run that: refusing to load it. Model folders are trusted "
+                "input; retrain the model instead."
+            )
+
+
 class ModelDataset(AbstractVersionedDataset[Any, Any]):
     """A trained model, or several by name (one per seed: ``{"seed_0": model, ...}``), saved as
     a directory by each model's own ``save(dir_path, overwrite=...)`` and loaded by its class's
     ``load(dir_path)`` (the scvi-tools convention, which MultiVAE shares). The class is
     recorded beside each model so that loading needs no configuration. The whole directory is
-    replaced at once, so models of seeds no longer asked for do not linger."""
+    replaced at once, so models of seeds no longer asked for do not linger.
+
+    Loading accepts only the project's model classes (``THIRD_PARTY_MODEL_CLASSES``,
+    ``PROJECT_MODEL_MODULE``), plain model names, and torch files without executable
+    objects; model folders are still trusted input (a class's own ``load`` reads them)."""
 
     _CLASS_FILE = "model_class.json"
     _INDEX_FILE = "models.json"
@@ -351,7 +758,11 @@ class ModelDataset(AbstractVersionedDataset[Any, Any]):
         path = Path(self._get_load_path())
         index = path / self._INDEX_FILE
         if index.is_file():
-            return {name: self._load_one(path / name) for name in json.loads(index.read_text())}
+            names = json.loads(index.read_text())
+            if not isinstance(names, list):
+                raise DatasetError(f"'{index}' must hold a list of model names, not {names!r}.")
+            checked = [_check_model_name(name, str(index)) for name in names]
+            return {name: self._load_one(path / name) for name in checked}
         return self._load_one(path)
 
     def save(self, data: Any) -> None:
@@ -359,7 +770,7 @@ class ModelDataset(AbstractVersionedDataset[Any, Any]):
         with atomic_path(path, directory=True) as temporary:
             if isinstance(data, dict):
                 for name, model in data.items():
-                    self._save_one(model, temporary / name)
+                    self._save_one(model, temporary / _check_model_name(name, "ModelDataset.save"))
                 (temporary / self._INDEX_FILE).write_text(json.dumps(list(data)))
             else:
                 self._save_one(data, temporary)
@@ -368,9 +779,18 @@ class ModelDataset(AbstractVersionedDataset[Any, Any]):
         class_file = path / self._CLASS_FILE
         if not class_file.is_file():
             raise DatasetError(f"No saved model in '{path}' (missing {self._CLASS_FILE}).")
-        class_path = json.loads(class_file.read_text())["class"]
-        module, _, name = class_path.rpartition(".")
-        model_class: Callable[..., Any] = getattr(importlib.import_module(module), name)
+        try:
+            recorded = json.loads(class_file.read_text())["class"]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise DatasetError(f"'{class_file}' does not name a model class ({exc}).") from exc
+        model_class = _allowed_model_class(recorded)
+        if model_class is None:
+            raise DatasetError(
+                f"'{class_file}' names {recorded!r}, which is not one of the project's model "
+                f"classes ({', '.join(THIRD_PARTY_MODEL_CLASSES)} and those in "
+                f"{PROJECT_MODEL_MODULE}): refusing to import it."
+            )
+        _check_torch_files(path)
         saved_data = path / "adata.h5ad"
         if not saved_data.is_file():
             return model_class.load(str(path))
@@ -386,11 +806,9 @@ class ModelDataset(AbstractVersionedDataset[Any, Any]):
         if "save_anndata" in inspect.signature(model.save).parameters:
             # Keep the training data with the model so that it loads without arguments.
             save_args.setdefault("save_anndata", True)
+        class_name = _class_name_to_record(type(model))
         model.save(str(path), overwrite=True, **save_args)
-        model_class = type(model)
-        (path / self._CLASS_FILE).write_text(
-            json.dumps({"class": f"{model_class.__module__}.{model_class.__qualname__}"})
-        )
+        (path / self._CLASS_FILE).write_text(json.dumps({"class": class_name}))
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath), "version": self._version}
@@ -401,3 +819,105 @@ class ModelDataset(AbstractVersionedDataset[Any, Any]):
             return (path / self._CLASS_FILE).is_file() or (path / self._INDEX_FILE).is_file()
         except DatasetError:
             return False
+
+
+@dataclass(frozen=True)
+class ExternalEmbedding:
+    """An embedding computed outside the project, as read from its file."""
+
+    frame: pd.DataFrame  # cells x dimensions, indexed by barcode
+    path: str
+    sha256: str
+
+
+EXTERNAL_FORMATS = (".parquet", ".csv", ".h5ad")
+
+
+class ExternalEmbeddingsDataset(AbstractDataset[None, dict[str, ExternalEmbedding]]):
+    """Users' own methods' embeddings, one file per method name (``external`` in
+    ``conf/base/globals.yml`` or ``--params external.<name>=<file>``): parquet or CSV with the
+    cell barcodes as the index, or an ``.h5ad`` with the embedding in ``obsm[<obsm_key>]`` or in
+    ``X`` and the barcodes as ``obs_names`` (Open Problems' prediction files). A method is given
+    as a path, or as ``{path: ..., obsm_key: ...}``. Read-only; the file's SHA-256 is kept so
+    that tracking can record exactly what was scored."""
+
+    def __init__(
+        self, *, methods: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None
+    ) -> None:
+        self._methods = dict(methods or {})
+        self.metadata = metadata
+
+    def load(self) -> dict[str, ExternalEmbedding]:
+        return {name: self._read(name, spec) for name, spec in self._methods.items()}
+
+    def _read(self, name: str, spec: Any) -> ExternalEmbedding:
+        setting = f"external.{name}"
+        if isinstance(spec, str):
+            spec = {"path": spec}
+        spec = dict(spec or {})
+        if not spec.get("path"):
+            raise DatasetError(f"{setting}: give the embedding's file (a path, or path: ...).")
+        path = Path(str(spec["path"]))
+        if not path.is_file():
+            raise DatasetError(f"{setting}: embedding file '{path}' does not exist.")
+        suffix = path.suffix.lower()
+        if suffix not in EXTERNAL_FORMATS:
+            raise DatasetError(
+                f"{setting}: '{path}' is not a known embedding format (expected "
+                f"{', '.join(EXTERNAL_FORMATS)})."
+            )
+        try:
+            if suffix == ".parquet":
+                frame = pd.read_parquet(path)
+            elif suffix == ".csv":
+                frame = pd.read_csv(path, index_col=0)
+            else:
+                frame = _embedding_from_h5ad(path, spec.get("obsm_key"), setting)
+        except (OSError, ValueError, KeyError) as exc:
+            raise DatasetError(f"{setting}: '{path}' cannot be read as {suffix}: {exc}") from exc
+        frame.index = frame.index.astype(str)
+        frame.columns = [str(column) for column in frame.columns]
+        return ExternalEmbedding(frame, str(path), file_sha256(path))
+
+    def save(self, data: Any) -> None:
+        raise DatasetError("ExternalEmbeddingsDataset is read-only: users' files stay as they are.")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"methods": {name: str(spec) for name, spec in self._methods.items()}}
+
+
+def _embedding_from_h5ad(path: Path, obsm_key: str | None, setting: str) -> pd.DataFrame:
+    adata = ad.read_h5ad(path)
+    if obsm_key is not None:
+        if obsm_key not in adata.obsm:
+            raise DatasetError(
+                f"{setting}: '{path}' has no obsm['{obsm_key}'] (obsm keys: "
+                f"{sorted(adata.obsm) or 'none'})."
+            )
+        values = adata.obsm[obsm_key]
+    elif adata.X is not None and adata.n_vars > 0:
+        values = adata.X
+    elif "X_emb" in adata.obsm:
+        values = adata.obsm["X_emb"]
+    else:
+        raise DatasetError(
+            f"{setting}: '{path}' has no X; name the embedding with {setting}.obsm_key "
+            f"(obsm keys: {sorted(adata.obsm) or 'none'})."
+        )
+    if hasattr(values, "toarray"):
+        values = values.toarray()
+    values = np.asarray(values)
+    return pd.DataFrame(
+        values, index=adata.obs_names, columns=[f"dim_{i}" for i in range(values.shape[1])]
+    )
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read a megabyte at a time."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -20,7 +20,9 @@ from pydantic import (
     model_validator,
 )
 
-from cite_bench.pipelines.modelling.nodes import TRAINERS, parse_seeds
+from cite_bench.methods import METHODS
+from cite_bench.metrics import PRESETS, select_metrics
+from cite_bench.seeds import parse_seeds
 
 Seed = Field(ge=0)
 
@@ -50,6 +52,7 @@ class DataProcessing(_Block):
     subsample: Subsample
     min_cells_per_batch: PositiveInt
     counts_layer: str
+    max_adt_features: PositiveInt
     target_sum: PositiveFloat
     n_top_genes: PositiveInt
     clr_axis: Literal[0, 1]
@@ -60,7 +63,7 @@ class Hyperparameters(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    accelerator: Literal["auto", "cpu", "gpu"]
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     deterministic: bool = True
     n_latent: PositiveInt | None = None
     n_factors: PositiveInt | None = None
@@ -83,12 +86,33 @@ class Model(_Block):
     hyperparameters: Hyperparameters
 
 
+class Scaling(_Block):
+    min_control_range: float = Field(ge=0)
+    flag_outside: tuple[float, float]
+
+
+class Controls(_Block):
+    enabled: bool
+
+
 class Evaluation(_Block):
+    metrics: str | list[str]
+    rank_by: Literal["scaled", "raw"]
+    scaling: Scaling
     n_neighbors: int = Field(ge=2)
     lisi_neighbors: int = Field(ge=2)
     leiden_resolutions: tuple[PositiveFloat, PositiveFloat, PositiveInt]
     leiden_flavor: Literal["igraph", "leidenalg"]
     seed: int = Seed
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: str | list[str]) -> str | list[str]:
+        try:
+            select_metrics(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; presets: {', '.join(PRESETS)}") from None
+        return value
 
 
 class Parameters(BaseModel):
@@ -99,6 +123,7 @@ class Parameters(BaseModel):
     columns: Columns
     data_processing: DataProcessing
     seeds: list[int]
+    controls: Controls
     modelling: dict[str, Model]
     evaluation: Evaluation
 
@@ -110,14 +135,19 @@ class Parameters(BaseModel):
 
 def validate_parameters(params: dict[str, Any]) -> None:
     """Raise :class:`ParameterError` listing every parameter that does not fit the schema."""
-    unknown = sorted(set(params.get("modelling") or {}) - set(TRAINERS))
+    unknown = sorted(set(params.get("modelling") or {}) - set(METHODS))
     problems = [
-        f"modelling.{name}: unknown model (known: {', '.join(sorted(TRAINERS))})"
+        f"modelling.{name}: unknown method (known: {', '.join(sorted(METHODS))})"
         for name in unknown
+    ]
+    problems += [
+        f"modelling.{name}: missing (every method in cite_bench.methods needs a block)"
+        for name in METHODS
+        if name not in (params.get("modelling") or {})
     ]
     known = {
         **params,
-        "modelling": {k: v for k, v in (params.get("modelling") or {}).items() if k in TRAINERS},
+        "modelling": {k: v for k, v in (params.get("modelling") or {}).items() if k in METHODS},
     }
     try:
         Parameters.model_validate(known)

@@ -1,9 +1,12 @@
 """Project settings (https://docs.kedro.org/en/stable/kedro_project_setup/settings.html)."""
 
+from cite_bench.locks import RunLockHook
 from cite_bench.parameters import ParameterValidationHook
 from cite_bench.tracking import MlflowTrackingHook
 
-HOOKS = (ParameterValidationHook(), MlflowTrackingHook())
+# RunLockHook takes the dataset's run lock before the other hooks start anything (it wraps
+# before_pipeline_run) and releases it after them.
+HOOKS = (RunLockHook(), ParameterValidationHook(), MlflowTrackingHook())
 
 # Tracking is this project's own hook: keep kedro-mlflow's off if it happens to be installed.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")

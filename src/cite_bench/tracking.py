@@ -9,9 +9,12 @@ child runs and pressing Compare in the MLflow UI gives the reference table.
 A project hook rather than kedro-mlflow: kedro-mlflow logs one flat run per ``kedro run``,
 while a benchmark needs one comparable run per model.
 
-Tracking never costs an artifact: everything is logged after the catalog has saved it, and a
-failure to log is reported as a warning while the run goes on. An unreachable tracking server
-stops the run before any work starts.
+Tracking never costs an artifact: everything is logged after the catalog has saved it, and an
+outage of the tracking store (unreachable, overloaded, SQLite busy: retried first) is reported
+as a warning while the run goes on; the runs whose logging failed end as FAILED with a
+``logging_incomplete`` tag, never as FINISHED. Any other error in the hook is a bug and stops
+the run. An unreachable tracking server stops the run before any work starts. Tracking URIs are
+printed with their credentials masked.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +35,10 @@ import pandas as pd
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
 
-from cite_bench.pipelines.modelling.nodes import parse_seeds
+from cite_bench.locks import holding
+from cite_bench.methods import role_of
+from cite_bench.redaction import redact, redact_error
+from cite_bench.seeds import parse_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,12 @@ EVALUATION = "evaluation"
 FIGURES = {"umap_figure": "umap.png", "metrics_summary_figure": "metrics_summary.png"}
 URI_VARIABLE = "MLFLOW_TRACKING_URI"
 ENABLED_VARIABLE = "CITE_BENCH_TRACKING"
+# MLflow error codes of an unavailable store (not of a bad request); the first three are also
+# worth retrying at once (SQLite's "database is locked" arrives as TEMPORARILY_UNAVAILABLE).
+RETRY_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"})
+OUTAGE_CODES = RETRY_CODES | {"INTERNAL_ERROR", "DEADLINE_EXCEEDED", "IO_ERROR"}
+RETRIES = 6
+INCOMPLETE_TAG = "logging_incomplete"
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -64,7 +78,9 @@ def resolve_config(
     """Merge ``conf/<env>/tracking.yml``, the environment and ``--params tracking.*``.
 
     A relative ``sqlite:///`` store and the artifact folder are anchored at the project root,
-    so a run logs to the same embedded store wherever it is started from.
+    so a run logs to the same embedded store wherever it is started from. With a tracking
+    server (``http(s)://``) the server decides where artifacts go: a folder on this machine
+    would be meaningless to it and to everyone else reading the runs.
     """
     settings = dict(conf)
     if URI_VARIABLE in environ:
@@ -82,7 +98,9 @@ def resolve_config(
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{(project_path / uri.removeprefix('sqlite:///')).as_posix()}"
     artifact_location = settings.get("artifact_location")
-    if artifact_location and "://" not in str(artifact_location):
+    if is_server(uri):
+        artifact_location = None
+    elif artifact_location and "://" not in str(artifact_location):
         artifact_location = (project_path / str(artifact_location)).resolve().as_uri()
     return TrackingConfig(
         enabled=bool(settings.get("enabled", True)),
@@ -93,9 +111,13 @@ def resolve_config(
     )
 
 
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
 def check_reachable(config: TrackingConfig) -> None:
-    """Fail fast, naming the URI, when an HTTP tracking server does not answer."""
-    if not config.tracking_uri.startswith(("http://", "https://")):
+    """Fail fast, naming the URI (credentials masked), when a tracking server does not answer."""
+    if not is_server(config.tracking_uri):
         return
     import requests
 
@@ -105,10 +127,91 @@ def check_reachable(config: TrackingConfig) -> None:
         response.raise_for_status()
     except requests.RequestException as exc:
         raise TrackingUnavailableError(
-            f"MLflow tracking server {config.tracking_uri} is unreachable ({exc.__class__.__name__}"
-            f": {exc}). Start it, point MLFLOW_TRACKING_URI elsewhere, or run without tracking "
-            "(`--params tracking.enabled=false` or CITE_BENCH_TRACKING=false)."
-        ) from exc
+            f"MLflow tracking server {redact(config.tracking_uri)} is unreachable "
+            f"({redact_error(exc)}). Start it, point MLFLOW_TRACKING_URI elsewhere, or run "
+            "without tracking (`--params tracking.enabled=false` or CITE_BENCH_TRACKING=false)."
+        ) from None
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` says the tracking store is unavailable (network, server, disk, a busy
+    SQLite file), as opposed to a bug in what is logged, which must not be swallowed."""
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, MlflowException):
+        return error.error_code in OUTAGE_CODES
+    # requests' errors are OSErrors too.
+    return isinstance(error, OSError | sqlalchemy.exc.OperationalError)
+
+
+def _is_retryable(error: BaseException) -> bool:
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, MlflowException):
+        return error.error_code in RETRY_CODES
+    return isinstance(error, sqlalchemy.exc.OperationalError)
+
+
+def with_retries(action: Callable[[], Any], what: str, attempts: int = RETRIES) -> Any:
+    """``action()``, retried with growing, jittered waits while the store is busy (SQLite
+    allows one writer at a time: two runs logging at once can meet "database is locked")."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if attempt == attempts or not _is_retryable(exc):
+                raise
+            delay = 0.2 * 2 ** (attempt - 1) * random.uniform(1.0, 1.5)
+            logger.info("MLflow: %s: %s; retrying in %.1f s.", what, redact_error(exc), delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def open_experiment(config: TrackingConfig) -> tuple[Any, str]:
+    """A client and the experiment's id, creating the experiment (and a new SQLite store's
+    tables) if needed; safe when several runs start at once.
+
+    MLflow creates a new SQLite store's tables when a client first touches it, and runs that
+    do so at the same moment fail ("duplicate column"); so, for a SQLite store, the first
+    touch is serialised by a lock beside the file. Two runs creating the same experiment on a
+    server: the second finds it created.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    def get_or_create() -> tuple[Any, str]:
+        client = MlflowClient(tracking_uri=config.tracking_uri)
+        experiment = client.get_experiment_by_name(config.experiment_name)
+        if experiment is not None:
+            return client, experiment.experiment_id
+        try:
+            return client, client.create_experiment(
+                config.experiment_name, artifact_location=config.artifact_location
+            )
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        experiment = client.get_experiment_by_name(config.experiment_name)
+        if experiment is None:
+            raise TrackingUnavailableError(
+                f"Experiment '{config.experiment_name}' both exists and does not."
+            )
+        return client, experiment.experiment_id
+
+    database = _sqlite_path(config.tracking_uri)
+    if database is None:
+        return with_retries(get_or_create, "opening the experiment")
+    with holding(database.with_name(database.name + ".lock"), timeout_s=300):
+        return with_retries(get_or_create, "opening the experiment")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", maxsplit=1)[0]
+    return None if path in ("", ":memory:") else Path(path)
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -134,14 +237,17 @@ def models_in(pipeline: Pipeline) -> list[str]:
 
 
 def metric_values(metrics: pd.DataFrame) -> dict[str, float]:
-    """A model's metrics as MLflow metrics: the mean over seeds under the metric's key, and the
-    standard deviation under ``<key>_sd`` when there are several seeds."""
+    """A method's rows of the metrics table as MLflow metrics: the mean over seeds under the
+    metric's key, the scaled mean under ``<key>_scaled``, and the standard deviations under
+    ``<key>_sd`` and ``<key>_scaled_sd`` when there are several seeds."""
     from cite_bench.pipelines.evaluation.nodes import summarise_over_seeds
 
-    summary = summarise_over_seeds(metrics.assign(model=""))
+    summary = summarise_over_seeds(metrics.assign(method=""))
     values = dict(zip(summary["metric"], summary["mean"], strict=True))
+    values |= dict(zip(summary["metric"] + "_scaled", summary["scaled_mean"], strict=True))
     if (summary["n_seeds"] > 1).any():
         values |= dict(zip(summary["metric"] + "_sd", summary["sd"], strict=True))
+        values |= dict(zip(summary["metric"] + "_scaled_sd", summary["scaled_sd"], strict=True))
     return values
 
 
@@ -178,7 +284,8 @@ class MlflowTrackingHook:
         self._parent: str | None = None
         self._children: dict[str, str] = {}
         self._embeddings: set[str] = set()
-        self._failures = 0
+        # What could not be logged (store outages), by run id.
+        self._failed: dict[str, list[str]] = {}
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -205,17 +312,26 @@ class MlflowTrackingHook:
         # Do not let a server that goes away later stall the run for minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(config.connect_timeout_s)))
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=config.tracking_uri)
-        experiment = client.get_experiment_by_name(config.experiment_name)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment
-            else client.create_experiment(
-                config.experiment_name, artifact_location=config.artifact_location
-            )
+        if redact(config.tracking_uri) != config.tracking_uri:
+            # MLflow prints "View run at <tracking URI>/..." when a run ends, credentials and all.
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        client, experiment_id = open_experiment(config)
+        try:
+            self._start_runs(client, experiment_id, run_params, pipeline)
+        except BaseException:
+            # Runs already created must not stay RUNNING for a run that never started.
+            self._finish("FAILED")
+            raise
+        logger.info(
+            "MLflow: run %s in experiment '%s' at %s",
+            self._parent,
+            config.experiment_name,
+            redact(config.tracking_uri),
         )
+
+    def _start_runs(
+        self, client: Any, experiment_id: str, run_params: dict[str, Any], pipeline: Pipeline
+    ) -> None:
         commit = git_commit(self._project_path)
         shared_tags = {
             "dataset": str(self._dataset),
@@ -224,10 +340,13 @@ class MlflowTrackingHook:
             "kedro_session": str(run_params.get("run_id")),
         }
         pipelines = ",".join(run_params.get("pipeline_names") or ["__default__"])
-        parent = client.create_run(
-            experiment_id,
-            run_name=f"{self._dataset} {pipelines}",
-            tags={**shared_tags, "pipelines": pipelines},
+        parent = with_retries(
+            lambda: client.create_run(
+                experiment_id,
+                run_name=f"{self._dataset} {pipelines}",
+                tags={**shared_tags, "pipelines": pipelines},
+            ),
+            "creating the parent run",
         )
         self._client, self._parent = client, parent.info.run_id
         shared_params = {
@@ -242,26 +361,23 @@ class MlflowTrackingHook:
             hyperparameters = (
                 self._params.get(MODELLING, {}).get(model, {}).get("hyperparameters", {})
             )
-            child = client.create_run(
-                experiment_id,
-                run_name=model,
-                tags={
-                    **shared_tags,
-                    "mlflow.parentRunId": self._parent,
-                    "model": model,
-                    "seeds": seeds,
-                },
+            tags = {
+                **shared_tags,
+                "mlflow.parentRunId": self._parent,
+                "model": model,
+                "role": role_of(model),
+                "seeds": seeds,
+            }
+            child = with_retries(
+                lambda name=model, tags=tags: client.create_run(
+                    experiment_id, run_name=name, tags=tags
+                ),
+                f"creating the {model} run",
             )
             self._children[model] = child.info.run_id
             self._log_params(
                 child.info.run_id, {**shared_params, **flatten(hyperparameters, "model.")}
             )
-        logger.info(
-            "MLflow: run %s in experiment '%s' at %s",
-            self._parent,
-            config.experiment_name,
-            config.tracking_uri,
-        )
 
     @hook_impl
     def after_dataset_loaded(self, dataset_name: str, data: Any) -> None:
@@ -280,19 +396,32 @@ class MlflowTrackingHook:
             return
         if dataset_name == "metrics_table":
             self._safely(
-                "metrics table", lambda: self._log_frame(self._parent, data, "metrics.parquet")
+                "metrics table",
+                lambda: self._log_frame(self._parent, data, "metrics.parquet"),
+                self._parent,
             )
+            # Every method's scores, raw and scaled between controls, once all are known.
+            for method, rows in data.groupby("method", sort=False):
+                if method in self._children:
+                    run_id = self._children[method]
+                    self._safely(
+                        f"{method} metrics",
+                        lambda r=run_id, m=rows: self._log_metrics(r, metric_values(m)),
+                        run_id,
+                    )
             return
         if dataset_name in FIGURES:
             self._safely(
                 dataset_name,
                 lambda: self._client.log_figure(self._parent, data, FIGURES[dataset_name]),
+                self._parent,
             )
             return
         if dataset_name == "metrics_markdown":
             self._safely(
                 "metrics markdown",
                 lambda: self._client.log_text(self._parent, data, "metrics.md"),
+                self._parent,
             )
             return
         parts = dataset_name.split(".")
@@ -301,15 +430,16 @@ class MlflowTrackingHook:
         stage, model, output = parts
         run_id = self._children[model]
         if (stage, output) == (MODELLING, "training_summary"):
-            self._safely(f"{model} training summary", lambda: self._log_summary(run_id, data))
+            self._safely(
+                f"{model} training summary", lambda: self._log_summary(run_id, data), run_id
+            )
         elif (stage, output) == (MODELLING, "embedding") and model not in self._embeddings:
             self._embeddings.add(model)
             self._safely(
                 f"{model} embedding",
                 lambda: self._log_frame(run_id, data, f"{model}_embedding.parquet"),
+                run_id,
             )
-        elif (stage, output) == (EVALUATION, "metrics"):
-            self._safely(f"{model} metrics", lambda: self._log_metrics(run_id, metric_values(data)))
 
     @hook_impl
     def after_pipeline_run(self) -> None:
@@ -322,31 +452,51 @@ class MlflowTrackingHook:
     # --- helpers ---------------------------------------------------------------------------
 
     def _finish(self, status: str) -> None:
+        """End every run: FAILED when the pipeline failed or the run's logging is incomplete
+        (the parent: any logging of this ``kedro run``), tagged with what is missing."""
         if self._client is None:
             return
+        missing_anywhere = sorted({what for whats in self._failed.values() for what in whats})
         for run_id in [*self._children.values(), self._parent]:
-            self._safely("run status", lambda r=run_id: self._client.set_terminated(r, status))
-        if self._failures:
+            missing = missing_anywhere if run_id == self._parent else self._failed.get(run_id, [])
+            final = "FAILED" if missing else status
+            if missing:
+                self._safely(
+                    "incomplete-logging tag",
+                    lambda r=run_id, m=missing: self._client.set_tag(
+                        r, INCOMPLETE_TAG, "could not log: " + ", ".join(m)
+                    ),
+                    run_id,
+                )
+            self._safely(
+                "run status", lambda r=run_id, s=final: self._client.set_terminated(r, s), run_id
+            )
+        if missing_anywhere:
             logger.warning(
-                "MLflow: %d tracking call(s) failed in this run; every artifact is still in "
-                "the data catalog.",
-                self._failures,
+                "MLflow: could not log %s; the runs concerned are marked FAILED with the tag "
+                "'%s'. Every artifact is still in the data catalog.",
+                ", ".join(missing_anywhere),
+                INCOMPLETE_TAG,
             )
         self._reset()
 
-    def _safely(self, what: str, action: Callable[[], Any]) -> None:
-        """Log a tracking failure and go on: the artifact is already saved in the catalog."""
+    def _safely(self, what: str, action: Callable[[], Any], run_id: str | None = None) -> None:
+        """Log, retrying while the store is busy; on an outage, warn and go on (the artifact
+        is already saved in the catalog) and remember the run as incomplete. Any other error is
+        a bug in the hook and propagates."""
         try:
-            action()
-        except Exception as exc:  # noqa: BLE001 - any tracking failure must not stop a run
-            self._failures += 1
-            logger.warning("MLflow: could not log %s (%s: %s)", what, type(exc).__name__, exc)
+            with_retries(action, what)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._failed.setdefault(run_id or self._parent or "", []).append(what)
+            logger.warning("MLflow: could not log %s (%s)", what, redact_error(exc))
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
         batch = [Param(key, value[:6000]) for key, value in params.items()]
-        self._safely("parameters", lambda: self._client.log_batch(run_id, params=batch))
+        self._safely("parameters", lambda: self._client.log_batch(run_id, params=batch), run_id)
 
     def _log_metrics(self, run_id: str, metrics: Mapping[str, float | None]) -> None:
         from mlflow.entities import Metric
@@ -382,5 +532,7 @@ class MlflowTrackingHook:
             return
         for run_id in [self._parent, *self._children.values()]:
             self._safely(
-                "cell count", lambda r=run_id: self._client.set_tag(r, "n_cells", str(n_cells))
+                "cell count",
+                lambda r=run_id: self._client.set_tag(r, "n_cells", str(n_cells)),
+                run_id,
             )

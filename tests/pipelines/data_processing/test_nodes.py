@@ -56,9 +56,13 @@ def test_validation_refuses_data_without_feature_types(small_raw, columns, proce
         validate_input(raw, columns, processing_params)
 
 
-def test_validation_refuses_missing_batch_column(small_raw, columns, processing_params):
-    with pytest.raises(InputDataError, match="'sample'"):
-        validate_input(small_raw, {**columns, "batch": "sample"}, processing_params)
+def test_validation_takes_a_missing_batch_column_for_one_batch(
+    small_raw, columns, processing_params
+):
+    paired = validate_input(small_raw, {**columns, "batch": "sample"}, processing_params)
+    assert set(paired.obs["sample"]) == {"all"}
+    # The data's own site column is kept: it stays the batch key of the highly variable genes.
+    assert (paired.obs["Site"] == small_raw.obs["Site"].astype(str).to_numpy()).all()
 
 
 def test_validation_reports_unmatched_barcodes(small_raw, columns, processing_params):
@@ -161,6 +165,22 @@ def test_starter_files_are_processed(starter_dir, processing_params, columns):
     assert isinstance(mdata.obs["cell_type"].dtype, pd.CategoricalDtype)
 
 
+def test_single_sample_preprocessing_without_batch_or_site(starter_dir, processing_params, columns):
+    """One sample from the starter, counts in X, no annotations: one batch, HVGs without a
+    batch key to speak of, CLR as usual."""
+    from tests.cite_seq_files import cell_ranger_counts, starter_pair
+
+    raw = cell_ranger_counts(*starter_pair(starter_dir, "s1d2"))
+    paired = validate_input(raw, columns, processing_params)
+    rna = preprocess_rna(paired, processing_params, columns)
+    adt = preprocess_adt(paired, processing_params)
+    mdata = assemble_mudata(rna, adt, paired)
+    assert mdata.n_obs == 289
+    assert rna.n_vars == processing_params["n_top_genes"]
+    assert adt.n_vars == 134
+    assert set(mdata.obs["batch"]) == set(mdata.obs["Site"]) == {"all"}
+
+
 # --- bounded memory: only the counts are taken, nothing is densified or copied twice -----------
 
 
@@ -186,6 +206,22 @@ def test_backed_input_is_read_without_its_x(small_raw, columns, processing_param
         backed.file.close()
     expected = validate_input(small_raw, columns, processing_params)
     pd.testing.assert_frame_equal(paired.obs, expected.obs)
+    for name in ("rna", "adt"):
+        assert (paired[name].layers["counts"] != expected[name].layers["counts"]).nnz == 0
+
+
+def test_backed_input_with_counts_in_x(small_raw, columns, processing_params, tmp_path):
+    """Without a counts layer, the counts are read from a backed file's X."""
+    path = tmp_path / "raw.h5ad"
+    raw = small_raw.copy()
+    del raw.layers["counts"]
+    raw.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        paired = validate_input(backed, columns, processing_params)
+    finally:
+        backed.file.close()
+    expected = validate_input(small_raw, columns, processing_params)
     for name in ("rna", "adt"):
         assert (paired[name].layers["counts"] != expected[name].layers["counts"]).nnz == 0
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cite_bench.metrics import AGGREGATES, METRICS
 from cite_bench.pipelines.evaluation.figures import compute_umap, plot_metric_summary, plot_umaps
-from cite_bench.pipelines.evaluation.nodes import METRICS
 
 
 def _cells(n_cells: int = 900, n_types: int = 45) -> pd.DataFrame:
@@ -52,33 +52,63 @@ def test_umap_figure_has_a_panel_per_model_and_key_and_all_legend_entries(column
     figure.canvas.draw()  # renders without error
 
 
+PARAMS = {"rank_by": "scaled"}
+
+
 def _summary_table(seeds: tuple[int, ...] = (0,)) -> pd.DataFrame:
     rows = []
-    for model, overall in (("a", 0.5), ("b", 0.8), ("c", 0.6)):
+    methods = (("a", 0.5), ("b", 0.8), ("c", 0.6), ("random_gaussian", 0.9))
+    for method, overall in methods:
         for seed in seeds:
-            for metric in METRICS:
+            for metric in [*METRICS, *AGGREGATES]:
                 value = overall + 0.02 * seed if metric == "overall" else 0.7
                 rows.append(
-                    {"model": model, "seed": seed, "metric": metric, "value": value, "note": ""}
+                    {
+                        "method": method,
+                        "seed": seed,
+                        "metric": metric,
+                        "value": value,
+                        "scaled": value,
+                        "note": "",
+                        "scaled_note": "",
+                    }
                 )
             rows.append(
-                {"model": "c", "seed": seed, "metric": "kbet", "value": np.nan, "note": "skipped"}
+                {
+                    "method": "c",
+                    "seed": seed,
+                    "metric": "kbet",
+                    "value": np.nan,
+                    "scaled": np.nan,
+                    "note": "skipped",
+                    "scaled_note": "",
+                }
             )
-    return pd.DataFrame(rows).drop_duplicates(["model", "seed", "metric"], keep="last")
+    return pd.DataFrame(rows).drop_duplicates(["method", "seed", "metric"], keep="last")
 
 
-def test_summary_figure_ranks_models_by_overall_score():
-    figure = plot_metric_summary(_summary_table())
-    labels = [tick.get_text() for tick in figure.get_axes()[0].get_yticklabels()]
-    assert labels == ["3. a", "2. c", "1. b"]  # drawn bottom-up: best on top
-    texts = [text.get_text() for text in figure.get_axes()[0].texts]
+def test_summary_figure_ranks_methods_by_overall_score_with_controls_apart():
+    figure = plot_metric_summary(_summary_table(), PARAMS)
+    axis = figure.get_axes()[0]
+    labels = [tick.get_text() for tick in axis.get_yticklabels()]
+    # Drawn bottom-up: the control below the methods, whatever its score; best method on top.
+    assert labels == ["random_gaussian (control)", "3. a", "2. c", "1. b"]
+    assert axis.get_yticklabels()[0].get_color() == "grey"
+    texts = [text.get_text() for text in axis.texts]
     assert "n/a" in texts and "Batch correction" in texts
     assert not any("±" in text for text in texts)
+    assert "scaled scores: 0 = worst control, 1 = best control" in axis.get_title()
 
 
 def test_summary_figure_shows_the_spread_over_seeds():
-    figure = plot_metric_summary(_summary_table(seeds=(0, 1, 2)))
+    figure = plot_metric_summary(_summary_table(seeds=(0, 1, 2)), PARAMS)
     texts = [text.get_text() for text in figure.get_axes()[0].texts]
     assert "0.82±0.02" in texts  # b's overall: 0.80, 0.82, 0.84
     assert "0.70±0.00" in texts
     assert "3 seeds" in figure.get_axes()[0].get_title()
+
+
+def test_summary_figure_falls_back_to_raw_scores_without_controls():
+    table = _summary_table().assign(scaled=np.nan)
+    title = plot_metric_summary(table, PARAMS).get_axes()[0].get_title()
+    assert "raw scores" in title

@@ -1,58 +1,93 @@
-"""Every trainer honours the shared contract: a saveable model, a finite embedding with one row
-per cell, and a training summary; the same seed gives the same embedding."""
+"""Every method honours the shared contract: a saveable model, a finite embedding with one row
+per cell, and a training summary; the same seed gives the same embedding. Methods come from the
+registry and their settings from the shipped configuration, shortened for tests."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+from kedro.config import OmegaConfigLoader
 
 from cite_bench.datasets import ModelDataset
-from cite_bench.pipelines.modelling.nodes import (
-    TRAINERS,
-    parse_seeds,
-    split_by_seed,
-    train_over_seeds,
-)
+from cite_bench.knn_graph import neighbours_of
+from cite_bench.methods import METHODS
+from cite_bench.pipelines.modelling.nodes import train_over_seeds
+from cite_bench.pipelines.modelling.pipeline import create_pipeline
+from cite_bench.seeds import parse_seeds, split_by_seed
 
-HYPERPARAMETERS = {
-    "mofa": {
-        "n_factors": 4,
-        "n_iterations": 10,
-        "convergence_mode": "fast",
-        "use_float32": True,
-        "groups_key": None,
-    },
+from ...conftest import PROJECT_ROOT
+
+# Shorter training than the shipped defaults; everything else comes from conf/base.
+SHORTER = {
+    "mofa": {"n_factors": 4, "n_iterations": 10},
     "totalvi": {"n_latent": 4, "max_epochs": 2, "batch_size": 128},
     "multigrate": {"n_latent": 4, "max_epochs": 2, "batch_size": 128},
-    "pca_rna": {"n_latent": 4},
-    "pca_rna_adt": {"n_latent": 4},
+    "wnn": {"n_neighbors": 30},
 }
+CONTROLS_ON = {"enabled": True}
 
 
-@pytest.fixture(scope="module", params=sorted(TRAINERS))
+def _shipped_hyperparameters() -> dict[str, dict]:
+    loader = OmegaConfigLoader(
+        conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="base"
+    )
+    return {
+        name: block["hyperparameters"] for name, block in loader["parameters"]["modelling"].items()
+    }
+
+
+SHIPPED = _shipped_hyperparameters()
+
+
+def _hyperparameters(method: str, seed: int = 0) -> dict:
+    return {**SHIPPED[method], **SHORTER.get(method, {}), "seed": seed, "accelerator": "cpu"}
+
+
+@pytest.fixture(scope="module", params=sorted(METHODS))
 def trained(request, small_mudata, columns):
-    model = request.param
-    hyperparameters = {**HYPERPARAMETERS[model], "seed": 0, "accelerator": "cpu"}
-    return model, hyperparameters, TRAINERS[model](small_mudata, hyperparameters, columns)
+    method = request.param
+    hyperparameters = _hyperparameters(method)
+    return method, hyperparameters, METHODS[method].train(small_mudata, hyperparameters, columns)
 
 
-def test_every_model_has_test_hyperparameters():
-    assert set(HYPERPARAMETERS) == set(TRAINERS)
+def test_every_registered_method_is_configured_and_wired():
+    """The registry is the list: each method has its parameter block and its namespace."""
+    assert set(SHIPPED) == set(METHODS)
+    namespaces = {node.namespace for node in create_pipeline().nodes}
+    assert namespaces == {f"modelling.{name}" for name in METHODS}
 
 
 def test_embedding_contract(trained, small_mudata):
     model, hyperparameters, (_, embedding, summary) = trained
     assert embedding.shape[0] == small_mudata.n_obs
     assert list(embedding.index) == list(small_mudata.obs_names)
-    assert embedding.shape[1] == hyperparameters.get("n_latent", hyperparameters.get("n_factors"))
     assert np.isfinite(embedding.to_numpy()).all()
+    if METHODS[model].output == "graph":
+        check_graph_layout(embedding, hyperparameters["n_neighbors"])
+        return
+    width = hyperparameters.get("n_latent", hyperparameters.get("n_factors"))
+    if width is not None:  # a cell-type embedding has one dimension per type
+        assert embedding.shape[1] == width
     assert embedding.to_numpy().std(axis=0).min() > 0
-    assert summary["model"] == model
     assert summary["n_cells"] == small_mudata.n_obs
-    assert summary["training_time_s"] > 0
-    assert summary["n_epochs_trained"] >= 1
-    assert np.isfinite(summary["final_training_loss"])
+    assert summary["training_time_s"] >= 0
     assert summary["device"] == "cpu"
+    if METHODS[model].role != "control":  # controls train nothing
+        assert summary["training_time_s"] > 0
+        assert summary["n_epochs_trained"] >= 1
+        assert np.isfinite(summary["final_training_loss"])
+
+
+def check_graph_layout(graph: pd.DataFrame, n_neighbors: int) -> None:
+    """A graph-output method's table: each cell first among its neighbours, at distance 0,
+    then its neighbours by increasing distance, as many as asked for."""
+    indices, distances = neighbours_of(graph)
+    assert indices.shape == (len(graph), n_neighbors + 1)
+    np.testing.assert_array_equal(indices[:, 0], np.arange(len(graph)))
+    assert (distances[:, 0] == 0).all() and (distances[:, 1:] > 0).all()
+    assert (np.diff(distances, axis=1) >= 0).all()
+    assert ((indices >= 0) & (indices < len(graph))).all()
 
 
 def test_model_saves_and_loads(trained, tmp_path):
@@ -66,14 +101,14 @@ def test_model_saves_and_loads(trained, tmp_path):
 
 def test_same_seed_same_embedding(trained, small_mudata, columns):
     model, hyperparameters, (_, embedding, _) = trained
-    _, again, _ = TRAINERS[model](small_mudata, hyperparameters, columns)
+    _, again, _ = METHODS[model].train(small_mudata, hyperparameters, columns)
     np.testing.assert_array_equal(again.to_numpy(), embedding.to_numpy())
 
 
 def test_pca_rna_adt_weights_both_modalities(small_mudata, columns):
     """Each modality carries the same total variance, so neither swamps the other."""
     hyperparameters = {"n_latent": 4, "seed": 0, "accelerator": "cpu"}
-    model, _, _ = TRAINERS["pca_rna_adt"](small_mudata, hyperparameters, columns)
+    model, _, _ = METHODS["pca_rna_adt"].train(small_mudata, hyperparameters, columns)
     n_genes = small_mudata["rna"].n_vars
     rna = small_mudata["rna"].X.toarray()
     adt = np.asarray(small_mudata["adt"].X.todense())
@@ -88,9 +123,9 @@ def test_gpu_request_without_gpu_is_a_clear_error(small_mudata, columns):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    hyperparameters = {**HYPERPARAMETERS["mofa"], "seed": 0, "accelerator": "gpu"}
+    hyperparameters = {**_hyperparameters("mofa"), "accelerator": "gpu"}
     with pytest.raises(RuntimeError, match="no CUDA device"):
-        TRAINERS["mofa"](small_mudata, hyperparameters, columns)
+        METHODS["mofa"].train(small_mudata, hyperparameters, columns)
 
 
 @pytest.mark.parametrize(
@@ -107,10 +142,11 @@ def test_bad_seeds_are_refused(value):
 
 
 def test_one_model_per_seed_and_seeds_differ(small_mudata, columns, tmp_path):
-    hyperparameters = {**HYPERPARAMETERS["totalvi"], "accelerator": "cpu"}
-    trainer = TRAINERS["totalvi"]
+    hyperparameters = _hyperparameters("totalvi")
+    del hyperparameters["seed"]
+    trainer = METHODS["totalvi"].train
     models, stacked, summary = train_over_seeds(
-        trainer, small_mudata, hyperparameters, [2, 5], columns
+        METHODS["totalvi"], small_mudata, hyperparameters, [2, 5], columns, CONTROLS_ON
     )
     assert list(models) == ["seed_2", "seed_5"]
     embeddings = split_by_seed(stacked)
@@ -135,7 +171,58 @@ def test_one_model_per_seed_and_seeds_differ(small_mudata, columns, tmp_path):
 
 
 def test_split_by_seed_needs_the_seed_level(small_mudata):
-    import pandas as pd
-
     with pytest.raises(ValueError, match="'seed' index level"):
         split_by_seed(pd.DataFrame(index=small_mudata.obs_names))
+
+
+def test_controls_are_what_they_claim(small_mudata, columns):
+    """Shuffles keep the unintegrated coordinates (only moved between cells: across all cells,
+    or within each cell type), the cell-type embedding is the labels."""
+    unintegrated = METHODS["pca_rna"].train(small_mudata, _hyperparameters("pca_rna"), columns)[1]
+    labels = small_mudata.obs.loc[unintegrated.index, columns["label"]].astype(str)
+
+    def embedding(method: str) -> pd.DataFrame:
+        return METHODS[method].train(small_mudata, _hyperparameters(method), columns)[1]
+
+    shuffled = embedding("shuffled_cells")
+    within = embedding("shuffled_within_cell_types")
+    for frame in (shuffled, within):
+        rows = {tuple(row) for row in np.round(frame.to_numpy(), 5)}
+        assert rows == {tuple(row) for row in np.round(unintegrated.to_numpy(), 5)}
+        assert not np.allclose(frame.to_numpy(), unintegrated.to_numpy())
+    # Within cell types: each type keeps its own set of coordinates.
+    for label in labels.unique():
+        cells = labels.index[labels == label]
+        assert np.allclose(
+            np.sort(within.loc[cells].to_numpy(), axis=0),
+            np.sort(unintegrated.loc[cells].to_numpy(), axis=0),
+            atol=1e-5,
+        )
+    onehot = embedding("cell_type_embedding").to_numpy()
+    assert set(np.unique(onehot)) == {0.0, 1.0}
+    assert (onehot.sum(axis=1) == 1).all()
+    assert onehot.shape[1] == labels.nunique()
+    jittered = embedding("cell_type_embedding_jittered").to_numpy()
+    assert 0 < np.abs(jittered - onehot).max() <= 0.01
+    noise = embedding("random_gaussian").to_numpy()
+    assert abs(noise.mean()) < 0.1 and noise.std() == pytest.approx(1, abs=0.1)
+
+
+def test_controls_that_need_labels_are_skipped_with_the_reason(small_mudata, columns):
+    unlabelled = small_mudata.copy()
+    del unlabelled.obs[columns["label"]]
+    method = METHODS["cell_type_embedding"]
+    models, stacked, summary = train_over_seeds(
+        method, unlabelled, SHIPPED[method.name], [0], columns, CONTROLS_ON
+    )
+    assert models == {} and split_by_seed(stacked) == {}
+    assert "needs cell-type labels" in summary["skipped"]
+    _, stacked, summary = train_over_seeds(
+        METHODS["random_gaussian"],
+        small_mudata,
+        SHIPPED["random_gaussian"],
+        [0],
+        columns,
+        {"enabled": False},
+    )
+    assert split_by_seed(stacked) == {} and "switched off" in summary["skipped"]

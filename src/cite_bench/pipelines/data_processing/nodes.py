@@ -1,12 +1,15 @@
 """Nodes that turn raw CITE-seq data into one preprocessed MuData.
 
-Raw data arrive either as one AnnData in the GEO layout (GEX and ADT told apart by
-``var["feature_types"]``) or as a MuData with ``rna`` and ``adt`` modalities (separate files).
+Raw data arrive either as one AnnData whose RNA and protein features are told apart by
+``var["feature_types"]`` (the GEO file, a single ``.h5ad``, 10x Cell Ranger output) or as a
+MuData with an RNA modality ``rna`` and a protein modality ``adt`` or ``prot`` (separate
+``.h5ad`` files, an ``.h5mu``). Both vocabularies of feature types are understood: ``GEX`` /
+``ADT`` (the GEO file) and ``Gene Expression`` / ``Antibody Capture`` (10x Genomics).
 
-Memory is bounded by the raw counts: only the counts layer is taken from the input (its ``X``
-is never read, so a backed AnnData keeps it on disk), RNA stays sparse throughout, cells are
-subsampled before anything is copied, and genes are cut to the highly variable ones before the
-result is kept.
+Memory is bounded by the raw counts: only the counts are taken from the input (the counts layer
+where there is one, and then its ``X`` is never read, so a backed AnnData keeps it on disk), RNA
+stays sparse throughout, cells are subsampled before anything is copied, and genes are cut to
+the highly variable ones before the result is kept.
 """
 
 from __future__ import annotations
@@ -25,9 +28,17 @@ from scipy import sparse
 
 logger = logging.getLogger(__name__)
 
-RNA_FEATURE_TYPE = "GEX"
-ADT_FEATURE_TYPE = "ADT"
+# Feature types of RNA and protein features, in the GEO file's and in 10x Genomics' words.
+RNA_FEATURE_TYPES = ("GEX", "Gene Expression")
+ADT_FEATURE_TYPES = ("ADT", "Antibody Capture")
+# Modality names of a MuData input: scverse tools (muon.read_10x_h5) call the protein one 'prot'.
+RNA_MODALITY = "rna"
+ADT_MODALITIES = ("adt", "prot")
+# The batch of every cell of an input without a batch column: one sample is one batch.
+SINGLE_BATCH = "all"
 _BATCH_PATTERN = re.compile(r"^(?P<site>s\d+)(?P<donor>d\d+)$")
+
+CountsAndCells = tuple[ad.AnnData, pd.DataFrame]
 
 
 class InputDataError(ValueError):
@@ -40,19 +51,31 @@ def validate_input(
     """Check the raw data before any long work and pair RNA with ADT, cell by cell.
 
     Every problem is raised as an :class:`InputDataError` naming the modality, layer, column or
-    feature at fault. Cells without any RNA or ADT counts are dropped (and counted in the log).
-    The result holds ``rna`` and ``adt`` with raw counts in ``layers[counts_layer]`` (``X`` is
-    the same matrix, not a copy; the input's own ``X`` and other layers are not carried) and the
-    cell annotations once, on the MuData, with ``Site`` and ``DonorNumber`` derived from
-    ``batch`` (``s1d2`` -> ``s1``, ``d2``) where they are missing.
+    feature at fault. Cells without any RNA or ADT counts, features without counts in any cell and
+    features of other types (CRISPR guides, hashtags, ...) are dropped, and the log counts them.
+    The result holds ``rna`` and ``adt`` with raw counts in ``layers[counts_layer]`` (taken from
+    ``X`` where the input has no such layer and ``X`` holds raw counts; ``X`` is the same matrix,
+    not a copy; the input's other layers are not carried) and the cell annotations once, on the
+    MuData. Without a batch column all cells are one batch; ``Site`` and ``DonorNumber`` are
+    derived from ``batch`` (``s1d2`` -> ``s1``, ``d2``) where they are missing, and the batch
+    serves as site where it is not of that form.
     """
     layer = params["counts_layer"]
+    shared_obs = None
     if isinstance(raw, md.MuData):
-        (rna, rna_obs), (adt, adt_obs) = _modalities_from_mudata(raw, layer)
+        (rna, rna_obs), (adt, adt_obs) = _modalities_from_mudata(
+            raw, layer, params["max_adt_features"]
+        )
+        shared_obs = _shared_annotations(raw)
     elif isinstance(raw, ad.AnnData):
         (rna, rna_obs), (adt, adt_obs) = _modalities_from_feature_types(raw, layer)
     else:
         raise InputDataError(f"The raw input is a {type(raw).__name__}, not AnnData or MuData.")
+    if rna.var_names.equals(adt.var_names):
+        raise InputDataError(
+            f"RNA and ADT have the same {rna.n_vars} features (e.g. {list(rna.var_names[:3])}): "
+            "the same data were given as RNA and as ADT."
+        )
     shared = rna.obs_names.intersection(adt.obs_names, sort=False)
     if shared.size < max(rna.n_obs, adt.n_obs):
         raise InputDataError(
@@ -63,10 +86,10 @@ def validate_input(
     if not adt.obs_names.equals(rna.obs_names):
         order = adt.obs_names.get_indexer(rna.obs_names)
         adt, adt_obs = _take_cells(adt, order), adt_obs.iloc[order]
-    obs = _cell_annotations(rna_obs, adt_obs, columns)
+    obs = _cell_annotations(rna_obs, adt_obs, columns, shared_obs)
     mdata = md.MuData({"rna": rna, "adt": adt})
     mdata.obs = obs
-    mdata = _drop_empty_cells(mdata, layer)
+    mdata = _drop_empty_features(_drop_empty_cells(mdata, layer), layer)
     n_cells = params["subsample"]["n_cells"]
     if n_cells is not None and n_cells > mdata.n_obs:
         raise InputDataError(
@@ -97,16 +120,36 @@ def _counts_layer(modality: ad.AnnData, layer: str, name: str) -> Any:
     return layers[layer]
 
 
+def _input_counts(source: ad.AnnData, layer: str, name: str) -> tuple[Any, bool]:
+    """The raw counts of an input: its counts layer, or else its ``X`` (users of 10x data keep
+    counts there), loaded into memory. The flag says whether ``X`` was taken; the caller checks
+    that it holds counts."""
+    layers = _named_layers(source)
+    if layer in layers:
+        return layers[layer], False
+    if source.X is None:
+        raise InputDataError(
+            f"{name} has no raw-count layer '{layer}' (layers: {sorted(layers) or 'none'}) and "
+            "no X; set data_processing.counts_layer."
+        )
+    matrix = source.X
+    # A backed AnnData hands out its X on disk: a sparse dataset or an h5py dataset.
+    matrix = matrix.to_memory() if hasattr(matrix, "to_memory") else matrix
+    return (matrix if sparse.issparse(matrix) else np.asarray(matrix)), True
+
+
 # Values checked at a time: bounds the temporaries to a few hundred MB whatever the data size.
 _CHECK_BLOCK = 1 << 24
 
 
-def _check_count_values(matrix: Any, layer: str, name: str) -> None:
-    """Raw counts must be finite, non-negative integers. Only stored values are read (``.data``
-    of a sparse matrix), a block at a time."""
+def _count_problem(matrix: Any) -> str | None:
+    """Why ``matrix`` is not raw counts (finite, non-negative integers), or None. Only stored
+    values are read (``.data`` of a sparse matrix), a block at a time."""
     values = matrix.data if sparse.issparse(matrix) else np.asarray(matrix).reshape(-1)
-    if values.dtype.kind not in "biuf":
-        raise InputDataError(f"{name} layer '{layer}' is not numeric (dtype {values.dtype}).")
+    if values.dtype.kind == "b":
+        return f"its values are boolean (dtype {values.dtype}), not counts"
+    if values.dtype.kind not in "iuf":
+        return f"its values are not numbers (dtype {values.dtype})"
     problems = {"NaN or infinite": 0, "negative": 0, "non-integer": 0}
     for start in range(0, values.size, _CHECK_BLOCK):
         block = values[start : start + _CHECK_BLOCK]
@@ -117,9 +160,14 @@ def _check_count_values(matrix: Any, layer: str, name: str) -> None:
             problems["non-integer"] += int(np.count_nonzero(finite & (block != np.floor(block))))
     for problem, count in problems.items():
         if count:
-            raise InputDataError(
-                f"{name} layer '{layer}' is not raw counts: {count} {problem} values."
-            )
+            return f"{count} {problem} values"
+    return None
+
+
+def _check_count_values(matrix: Any, layer: str, name: str) -> None:
+    problem = _count_problem(matrix)
+    if problem:
+        raise InputDataError(f"{name} layer '{layer}' is not raw counts: {problem}.")
 
 
 def _drop_empty_cells(mdata: md.MuData, layer: str) -> md.MuData:
@@ -141,6 +189,32 @@ def _drop_empty_cells(mdata: md.MuData, layer: str) -> md.MuData:
     return _subset_cells(mdata, keep)
 
 
+def _drop_empty_features(mdata: md.MuData, layer: str) -> md.MuData:
+    """Genes and proteins without a count in any cell carry no signal (a 10x file lists every
+    gene of the reference): drop them, and say how many."""
+    kept, dropped = {}, {}
+    for name in ("rna", "adt"):
+        modality = mdata[name]
+        detected = np.asarray(modality.layers[layer].sum(axis=0)).ravel() > 0
+        kept[name] = modality if detected.all() else _take(modality, features=detected)
+        dropped[name] = modality.var_names[~detected]
+    if not any(names.size for names in dropped.values()):
+        return mdata
+    logger.warning(
+        "Dropped features without counts in any cell: %d of %d RNA genes%s and %d of %d ADT "
+        "proteins%s.",
+        dropped["rna"].size,
+        mdata["rna"].n_vars,
+        f" (e.g. {list(dropped['rna'][:3])})" if dropped["rna"].size else "",
+        dropped["adt"].size,
+        mdata["adt"].n_vars,
+        f" ({list(dropped['adt'][:10])})" if dropped["adt"].size else "",
+    )
+    result = md.MuData(kept)
+    result.obs = mdata.obs
+    return result
+
+
 def _subset_cells(mdata: md.MuData, keep: np.ndarray) -> md.MuData:
     """The selected cells, with annotation categories that no cell uses any more removed."""
     subset = md.MuData({name: _take_cells(modality, keep) for name, modality in mdata.mod.items()})
@@ -153,19 +227,27 @@ def _subset_cells(mdata: md.MuData, keep: np.ndarray) -> md.MuData:
 
 
 def _take_cells(modality: ad.AnnData, keep: np.ndarray) -> ad.AnnData:
-    """Rows ``keep`` of a modality, copying each matrix once: where ``X`` and a layer are the
-    same matrix (as after :func:`validate_input`), so are their copies."""
+    return _take(modality, cells=keep)
+
+
+def _take(
+    modality: ad.AnnData, cells: np.ndarray | None = None, features: np.ndarray | None = None
+) -> ad.AnnData:
+    """Rows ``cells`` and columns ``features`` (all where None) of a modality, copying each
+    matrix once: where ``X`` and a layer are the same matrix (as after :func:`validate_input`),
+    so are their copies."""
     taken: dict[int, Any] = {}
 
     def take(matrix: Any) -> Any:
         if id(matrix) not in taken:
-            taken[id(matrix)] = matrix[keep]
+            part = matrix if cells is None else matrix[cells]
+            taken[id(matrix)] = part if features is None else part[:, features]
         return taken[id(matrix)]
 
     return ad.AnnData(
         X=None if modality.X is None else take(modality.X),
-        obs=modality.obs.iloc[keep],
-        var=modality.var,
+        obs=modality.obs if cells is None else modality.obs.iloc[cells],
+        var=modality.var if features is None else modality.var.iloc[features],
         layers={name: take(matrix) for name, matrix in _named_layers(modality).items()},
     )
 
@@ -189,98 +271,240 @@ def _named_layers(modality: ad.AnnData) -> dict[str, Any]:
 
 def _counts_modality(
     source: ad.AnnData, layer: str, name: str, features: np.ndarray | None = None
-) -> tuple[ad.AnnData, pd.DataFrame]:
+) -> CountsAndCells:
     """The checked raw counts of ``source`` (of the ``features`` columns only, where given) as
     a modality whose ``X`` is its counts layer, and, apart, its cell annotations: they are kept
-    once, on the MuData. Only the counts layer is read, never ``X``."""
+    once, on the MuData. Where ``source`` has a counts layer its ``X`` is never read."""
     var = source.var if features is None else source.var.iloc[np.flatnonzero(features)]
     _check_names(source.obs_names, var.index, name)
-    counts = _counts_layer(source, layer, name)
+    counts, from_x = _input_counts(source, layer, name)
     if features is not None:
         counts = counts[:, features]
     if sparse.issparse(counts) and counts.format != "csr":
         counts = sparse.csr_matrix(counts)
-    _check_count_values(counts, layer, name)
+    problem = _count_problem(counts)
+    if problem and from_x:
+        layers = sorted(_named_layers(source)) or "none"
+        raise InputDataError(
+            f"{name} has no raw-count layer '{layer}' (layers: {layers}), and its X is not raw "
+            f"counts either: {problem} (normalised values?). Give the raw counts in X or in a "
+            "layer named by data_processing.counts_layer."
+        )
+    if problem:
+        raise InputDataError(f"{name} layer '{layer}' is not raw counts: {problem}.")
+    if from_x:
+        logger.info(
+            "%s has no layer '%s': using its X, which holds raw integer counts.", name, layer
+        )
     modality = ad.AnnData(
         X=counts, obs=pd.DataFrame(index=source.obs_names), var=var.copy(), layers={layer: counts}
     )
     return modality, source.obs
 
 
+def _quoted(values: tuple[str, ...] | list[str]) -> str:
+    return " or ".join(f"'{value}'" for value in values)
+
+
+def _log_other_feature_types(feature_types: pd.Series, where: str) -> None:
+    """Features that are neither RNA nor protein (CRISPR guides, cell hashtags, ...) are not
+    used: name their types and count them."""
+    if feature_types.size:
+        counts = feature_types.value_counts()
+        logger.warning(
+            "Dropped %d features of types other than RNA and protein (%s): %s.",
+            feature_types.size,
+            where,
+            ", ".join(f"'{kind}' ({n})" for kind, n in counts.items()),
+        )
+
+
 def _modalities_from_feature_types(
     raw: ad.AnnData, layer: str
-) -> tuple[tuple[ad.AnnData, pd.DataFrame], tuple[ad.AnnData, pd.DataFrame]]:
+) -> tuple[CountsAndCells, CountsAndCells]:
     if "feature_types" not in raw.var:
         raise InputDataError(
-            "var has no 'feature_types' column: cannot tell RNA (GEX) from protein (ADT) features."
+            "var has no 'feature_types' column: cannot tell RNA "
+            f"({_quoted(RNA_FEATURE_TYPES)}) from protein ({_quoted(ADT_FEATURE_TYPES)}) features."
         )
     feature_types = raw.var["feature_types"].astype(str)
-    found = sorted(feature_types.unique())
-    for wanted in (RNA_FEATURE_TYPE, ADT_FEATURE_TYPE):
-        if wanted not in found:
+    rna = feature_types.isin(RNA_FEATURE_TYPES).to_numpy()
+    adt = feature_types.isin(ADT_FEATURE_TYPES).to_numpy()
+    found = ", ".join(sorted(feature_types.unique()))
+    for features, kind, words in ((rna, "RNA", RNA_FEATURE_TYPES), (adt, "ADT", ADT_FEATURE_TYPES)):
+        if not features.any():
             raise InputDataError(
-                f"var['feature_types'] has no '{wanted}' features (found: {', '.join(found)})."
+                f"var['feature_types'] has no {kind} features ({_quoted(words)}; found: {found})."
             )
-    return (
-        _counts_modality(raw, layer, "RNA", (feature_types == RNA_FEATURE_TYPE).to_numpy()),
-        _counts_modality(raw, layer, "ADT", (feature_types == ADT_FEATURE_TYPE).to_numpy()),
-    )
+    _log_other_feature_types(feature_types[~(rna | adt)], "var['feature_types']")
+    return _counts_modality(raw, layer, "RNA", rna), _counts_modality(raw, layer, "ADT", adt)
 
 
 def _modalities_from_mudata(
-    raw: md.MuData, layer: str
-) -> tuple[tuple[ad.AnnData, pd.DataFrame], tuple[ad.AnnData, pd.DataFrame]]:
-    missing = {"rna", "adt"} - set(raw.mod)
-    if missing:
+    raw: md.MuData, layer: str, max_adt_features: int
+) -> tuple[CountsAndCells, CountsAndCells]:
+    proteins = [name for name in ADT_MODALITIES if name in raw.mod]
+    if RNA_MODALITY not in raw.mod or not proteins:
         raise InputDataError(
-            f"MuData has no modality {sorted(missing)} (found: {sorted(raw.mod)})."
+            f"MuData needs an RNA modality '{RNA_MODALITY}' and a protein modality "
+            f"{_quoted(ADT_MODALITIES)} (found: {sorted(raw.mod)})."
         )
-    return _counts_modality(raw["rna"], layer, "RNA"), _counts_modality(raw["adt"], layer, "ADT")
+    if len(proteins) > 1:
+        raise InputDataError(f"MuData has two protein modalities, {proteins}: keep one of them.")
+    protein = proteins[0]
+    others = sorted(set(raw.mod) - {RNA_MODALITY, protein})
+    if others:
+        logger.warning(
+            "Ignored the MuData modalities %s: only '%s' (RNA) and '%s' (protein) are used.",
+            others,
+            RNA_MODALITY,
+            protein,
+        )
+    rna, adt = raw[RNA_MODALITY], raw[protein]
+    if "feature_types" not in adt.var and adt.n_vars > max_adt_features:
+        raise InputDataError(
+            f"ADT ('{protein}') has {adt.n_vars} features and no var['feature_types'] to say what "
+            f"they are: more than an antibody panel holds (tens to a few hundred; "
+            f"data_processing.max_adt_features={max_adt_features}). Are these genes? Give "
+            "protein counts as ADT, or mark them with var['feature_types'] "
+            f"({_quoted(ADT_FEATURE_TYPES)})."
+        )
+    return (
+        _counts_modality(rna, layer, "RNA", _features_of_kind(rna, "RNA")),
+        _counts_modality(adt, layer, "ADT", _features_of_kind(adt, "ADT")),
+    )
+
+
+def _features_of_kind(modality: ad.AnnData, kind: str) -> np.ndarray | None:
+    """The features of a modality to keep, by ``var["feature_types"]`` where it has one (None:
+    all). Features of the other modality's type mean the wrong data were given (an RNA file as
+    ADT): refused. Features of other types (hashtags, ...) are dropped and named."""
+    if "feature_types" not in modality.var:
+        return None
+    own, other = (
+        (RNA_FEATURE_TYPES, ADT_FEATURE_TYPES)
+        if kind == "RNA"
+        else (ADT_FEATURE_TYPES, RNA_FEATURE_TYPES)
+    )
+    feature_types = modality.var["feature_types"].astype(str)
+    wrong = feature_types.isin(other).to_numpy()
+    if wrong.any():
+        what = "proteins, not genes" if kind == "RNA" else "genes, not proteins"
+        examples = list(modality.var_names[wrong][:3])
+        raise InputDataError(
+            f"{kind} holds {wrong.sum()} of {wrong.size} features with var['feature_types'] "
+            f"{sorted(feature_types[wrong].unique())} (e.g. {examples}): {what}. Was the same "
+            "file given as RNA and as ADT?"
+        )
+    keep = feature_types.isin(own).to_numpy()
+    if not keep.any():
+        raise InputDataError(
+            f"{kind} has no features with var['feature_types'] {_quoted(own)} (found: "
+            f"{', '.join(sorted(feature_types.unique()))})."
+        )
+    _log_other_feature_types(feature_types[~keep], f"{kind} var['feature_types']")
+    return None if keep.all() else keep
+
+
+def _shared_annotations(raw: md.MuData) -> pd.DataFrame:
+    """The MuData's own cell annotations (not copies of a modality's, ``rna:...``)."""
+    prefixes = tuple(f"{name}:" for name in raw.mod)
+    return raw.obs[[column for column in raw.obs if not str(column).startswith(prefixes)]]
 
 
 def _cell_annotations(
-    rna_obs: pd.DataFrame, adt_obs: pd.DataFrame, columns: dict[str, str]
+    rna_obs: pd.DataFrame,
+    adt_obs: pd.DataFrame,
+    columns: dict[str, str],
+    shared_obs: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Collect the annotation columns, preferring RNA's and falling back to ADT's."""
-    obs = pd.DataFrame(index=rna_obs.index)
+    """Collect the annotation columns: a MuData's own first, then RNA's, then ADT's."""
+    cells = rna_obs.index
+    sources = [rna_obs, adt_obs.set_axis(cells)]
+    if shared_obs is not None and shared_obs.shape[1]:
+        sources.insert(0, shared_obs.reindex(cells))
+    batch = columns["batch"]
+    if batch in rna_obs and batch in adt_obs and rna_obs is not adt_obs:
+        _check_same_batches(rna_obs[batch], adt_obs[batch], batch)
+    obs = pd.DataFrame(index=cells)
     # ``phase`` (cell-cycle phase, for evaluation) is optional, in the columns and in the data.
     for key in ("batch", "label", "site", "donor", "phase"):
         column = columns.get(key)
-        for source in (rna_obs, adt_obs) if column else ():
+        for source in sources if column else ():
             if column in source:
                 obs[column] = source[column].to_numpy()
                 break
-    batch = columns["batch"]
     if batch not in obs:
-        raise InputDataError(f"obs has no batch column '{batch}' (set columns.batch).")
+        logger.warning(
+            "obs has no batch column '%s': the %d cells are taken for one sample (batch '%s'). "
+            "The models train without a batch covariate and the batch-correction metrics do "
+            "not apply. Set columns.batch if the data hold several samples.",
+            batch,
+            len(cells),
+            SINGLE_BATCH,
+        )
+        obs[batch] = SINGLE_BATCH
     if obs[batch].isna().any():
         raise InputDataError(
             f"Batch column '{batch}' is empty for {int(obs[batch].isna().sum())} cells."
         )
     obs[batch] = obs[batch].astype(str)
+    for key in ("site", "donor"):
+        column = columns[key]
+        if column in obs and obs[column].isna().any():
+            raise InputDataError(
+                f"{key.capitalize()} column '{column}' is empty for "
+                f"{int(obs[column].isna().sum())} cells: fill it in, or remove the column to "
+                f"derive it from the batch column '{batch}'."
+            )
     if columns["label"] not in obs:
         logger.warning(
             "obs has no label column '%s': the models train as usual, and evaluation skips "
             "the metrics that need cell-type labels.",
             columns["label"],
         )
-    if columns["site"] not in obs or columns["donor"] not in obs:
-        parts = obs[batch].str.extract(_BATCH_PATTERN)
-        if parts.isna().any().any():
-            bad = obs.loc[parts["site"].isna(), batch].unique()[:3]
-            raise InputDataError(
-                f"obs has no '{columns['site']}'/'{columns['donor']}' columns and batch values "
-                f"such as {list(bad)} are not of the form 's1d2' to derive them from."
-            )
-        if columns["site"] not in obs:
-            obs[columns["site"]] = parts["site"]
-        if columns["donor"] not in obs:
-            obs[columns["donor"]] = parts["donor"]
+    _add_site_and_donor(obs, columns)
     for column in obs:
         # Plain string categories; missing labels stay missing (not the string 'nan').
         values = obs[column]
         obs[column] = pd.Categorical(values.astype(str).where(values.notna(), None))
     return obs
+
+
+def _check_same_batches(rna_batch: pd.Series, adt_batch: pd.Series, batch: str) -> None:
+    """RNA and ADT of one cell come from one sample: a disagreement means mismatched files."""
+    rna_values = rna_batch.astype(str).to_numpy()
+    adt_values = adt_batch.astype(str).to_numpy()
+    differ = np.flatnonzero(rna_values != adt_values)
+    if differ.size:
+        first = differ[0]
+        raise InputDataError(
+            f"RNA and ADT disagree on the batch ('{batch}') of {differ.size} cells, e.g. "
+            f"'{rna_batch.index[first]}': '{rna_values[first]}' (RNA) vs "
+            f"'{adt_values[first]}' (ADT). Are both files of the same samples?"
+        )
+
+
+def _add_site_and_donor(obs: pd.DataFrame, columns: dict[str, str]) -> None:
+    """Derive missing site and donor columns from batches named like 's1d2'; for other batch
+    names the batch serves as site (the batch key of the highly variable genes)."""
+    batch, site, donor = columns["batch"], columns["site"], columns["donor"]
+    if site in obs and donor in obs:
+        return
+    parts = obs[batch].str.extract(_BATCH_PATTERN)
+    if parts.notna().all().all():
+        if site not in obs:
+            obs[site] = parts["site"]
+        if donor not in obs:
+            obs[donor] = parts["donor"]
+    elif site not in obs:
+        logger.info(
+            "obs has no site column '%s' and batches such as %s are not named like 's1d2': the "
+            "batch serves as site.",
+            site,
+            list(obs[batch].unique()[:3]),
+        )
+        obs[site] = obs[batch]
 
 
 def subsample_cells(mdata: md.MuData, params: dict[str, Any], columns: dict[str, str]) -> md.MuData:

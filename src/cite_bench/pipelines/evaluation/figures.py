@@ -9,9 +9,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cite_bench.pipelines.modelling.nodes import first_seed
+from cite_bench.knn_graph import is_graph_frame, neighbours_of
+from cite_bench.methods import role_of
+from cite_bench.metrics import AGGREGATES, GROUPS, METRICS, display_name
+from cite_bench.scoring import PrecomputedNeighbors
+from cite_bench.seeds import first_seed
 
-from .nodes import AGGREGATES, BATCH_METRICS, BIO_METRICS, METRICS, summarise_over_seeds
+from .nodes import ranked_methods, ranking_column, summarise_over_seeds
 
 # Enough distinguishable colours for BMMC's 45 cell types.
 _PALETTE = [
@@ -22,25 +26,54 @@ _PALETTE = [
 
 
 def compute_umap(embedding: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """Two UMAP coordinates per cell from the kNN graph of the first seed's embedding (one
-    picture per model; the spread over seeds is in the metrics)."""
+    """Two UMAP coordinates per cell from the kNN graph of the first seed's embedding, or from
+    the method's own graph for a graph-output method (one picture per method; the spread over
+    seeds is in the metrics)."""
     import anndata as ad
     import scanpy as sc
 
-    embedding = first_seed(embedding)
-    adata = ad.AnnData(obs=pd.DataFrame(index=embedding.index))
-    adata.obsm["X_emb"] = embedding.to_numpy(dtype=np.float32)
-    sc.pp.neighbors(
-        adata, use_rep="X_emb", n_neighbors=params["n_neighbors"], random_state=params["seed"]
-    )
+    frame = first_seed(embedding)
+    adata = ad.AnnData(obs=pd.DataFrame(index=frame.index))
+    if is_graph_frame(frame):
+        from scib_metrics.nearest_neighbors import NeighborsResults
+
+        indices, distances = neighbours_of(frame)
+        graph = NeighborsResults(indices=indices, distances=distances)
+        adata.obsm["_cells"] = np.zeros((len(frame), 1), dtype=np.float32)  # unused by the graph
+        sc.pp.neighbors(
+            adata,
+            use_rep="_cells",
+            transformer=PrecomputedNeighbors(graph, params["n_neighbors"]),
+        )
+    else:
+        adata.obsm["X_emb"] = frame.to_numpy(dtype=np.float32)
+        sc.pp.neighbors(
+            adata, use_rep="X_emb", n_neighbors=params["n_neighbors"], random_state=params["seed"]
+        )
     sc.tl.umap(adata, random_state=params["seed"])
-    return pd.DataFrame(adata.obsm["X_umap"], index=embedding.index, columns=["umap_1", "umap_2"])
+    return pd.DataFrame(adata.obsm["X_umap"], index=frame.index, columns=["umap_1", "umap_2"])
+
+
+def compute_umaps(
+    embeddings: dict[str, pd.DataFrame], params: dict[str, Any]
+) -> dict[str, pd.DataFrame]:
+    """``compute_umap`` of each of several embeddings (indexed by barcode), e.g. external ones."""
+    from cite_bench.seeds import stack_seeds
+
+    return {
+        name: compute_umap(stack_seeds({0: frame}), params) for name, frame in embeddings.items()
+    }
 
 
 def plot_umaps(
-    cells: pd.DataFrame, columns: dict[str, str], **umaps_by_model: pd.DataFrame
+    cells: pd.DataFrame,
+    columns: dict[str, str],
+    external_umaps: dict[str, pd.DataFrame] | None = None,
+    **umaps_by_model: pd.DataFrame,
 ) -> Figure:
-    """One row per model, coloured by cell type and by batch (columns that exist)."""
+    """One row per method (external ones last), coloured by cell type and by batch (columns
+    that exist)."""
+    umaps_by_model = {**umaps_by_model, **(external_umaps or {})}
     keys = [columns[key] for key in ("label", "batch") if columns[key] in cells]
     n_cells = len(cells)
     point_size = float(np.clip(30_000 / max(n_cells, 1), 0.5, 20))
@@ -87,38 +120,32 @@ def plot_umaps(
     return figure
 
 
-def plot_metric_summary(metrics: pd.DataFrame) -> Figure:
-    """The scib results table as a figure: models ranked by the overall score, metrics grouped
-    into bio conservation and batch correction as circles, the aggregates as bars. With
-    several seeds, values are means and the standard deviation is printed under them."""
+def plot_metric_summary(metrics: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    """The scib results table as a figure: methods ranked by the overall score (scaled
+    between controls, or raw: ``rank_by``), the controls apart below them in grey, metrics
+    grouped into bio conservation and batch correction as circles, the aggregates as bars.
+    With several seeds, values are means and the standard deviation is printed under them."""
     summary = summarise_over_seeds(metrics)
-    wide = summary.pivot(index="model", columns="metric", values="mean")
-    wide = wide.sort_values("overall", ascending=False, na_position="last")
-    spread = summary.pivot(index="model", columns="metric", values="sd").loc[wide.index]
+    column = ranking_column(summary, params["rank_by"])
+    spread_column = "scaled_sd" if column == "scaled_mean" else "sd"
+    order = ranked_methods(summary, params["rank_by"])
+    wide = summary.pivot(index="method", columns="metric", values=column).loc[order]
+    spread = summary.pivot(index="method", columns="metric", values=spread_column).loc[order]
     n_seeds = int(summary["n_seeds"].max())
     groups = [
-        ("Bio conservation", [k for k in BIO_METRICS if k in wide]),
-        ("Batch correction", [k for k in BATCH_METRICS if k in wide]),
+        *(
+            (title, [k for k, m in METRICS.items() if m.group == group and k in wide])
+            for group, title in GROUPS.items()
+        ),
         ("Aggregate scores", [k for k in AGGREGATES if k in wide]),
     ]
     columns = [key for _, keys in groups for key in keys]
     n_rows, n_columns = len(wide), len(columns)
+    is_control = [role_of(method) == "control" for method in wide.index]
     figure, axis = plt.subplots(
-        figsize=(1.1 * n_columns + 3, 0.6 * n_rows + 2.2), layout="constrained"
+        figsize=(1.1 * n_columns + 3.5, 0.6 * n_rows + 2.4), layout="constrained"
     )
-    colour_map = plt.get_cmap("viridis")
-    for column, key in enumerate(columns):
-        for row, (value, sd) in enumerate(zip(wide[key], spread[key], strict=True)):
-            y = n_rows - 1 - row
-            if np.isnan(value):
-                axis.text(column, y, "n/a", ha="center", va="center", fontsize=8, color="grey")
-                continue
-            if key in AGGREGATES:
-                axis.barh(y, value * 0.9, left=column - 0.45, height=0.5, color=colour_map(value))
-            else:
-                axis.scatter(column, y, s=80 + 520 * value, color=colour_map(value))
-            label = f"{value:.2f}" + (f"±{sd:.2f}" if n_seeds > 1 else "")
-            axis.text(column, y - 0.38, label, ha="center", va="center", fontsize=7)
+    _draw_scores(axis, wide[columns], spread[columns], is_control, n_seeds)
     start = 0
     for title, keys in groups:
         if keys:
@@ -128,13 +155,59 @@ def plot_metric_summary(metrics: pd.DataFrame) -> Figure:
             if start:
                 axis.axvline(start - 0.5, color="black", linewidth=0.8)
             start += len(keys)
-    axis.set_xticks(range(n_columns), [METRICS[key] for key in columns], rotation=45, ha="right")
-    axis.set_yticks(range(n_rows), [f"{i + 1}. {m}" for i, m in enumerate(wide.index)][::-1])
+    _label_methods(axis, list(wide.index), is_control)
+    names = [display_name(key) for key in columns]
+    axis.set_xticks(range(n_columns), names, rotation=45, ha="right")
     axis.set_xlim(-0.6, n_columns - 0.4)
     axis.set_ylim(-0.8, n_rows + 0.7)
     axis.tick_params(length=0)
     for spine in axis.spines.values():
         spine.set_visible(False)
-    seeds = f", mean ± SD over {n_seeds} seeds" if n_seeds > 1 else ""
-    axis.set_title(f"Integration benchmark (ranked by overall score{seeds})", pad=24)
+    kind = (
+        "scaled scores: 0 = worst control, 1 = best control"
+        if column == "scaled_mean"
+        else "raw scores"
+    )
+    seeds = f"; mean ± SD over {n_seeds} seeds" if n_seeds > 1 else ""
+    axis.set_title(f"Integration benchmark, ranked by overall score ({kind}{seeds})", pad=24)
     return figure
+
+
+def _draw_scores(
+    axis: Any, wide: pd.DataFrame, spread: pd.DataFrame, is_control: list[bool], n_seeds: int
+) -> None:
+    """Metrics as circles and aggregates as bars, sized and coloured by the value (clipped to
+    [0, 1]: scaled values can leave it); controls paler."""
+    colour_map = plt.get_cmap("viridis")
+    n_rows = len(wide)
+    for column, key in enumerate(wide.columns):
+        for row, (value, sd) in enumerate(zip(wide[key], spread[key], strict=True)):
+            y = n_rows - 1 - row
+            if np.isnan(value):
+                axis.text(column, y, "n/a", ha="center", va="center", fontsize=8, color="grey")
+                continue
+            shown = float(np.clip(value, 0, 1))
+            style = {"color": colour_map(shown), "alpha": 0.45 if is_control[row] else 1.0}
+            if key in AGGREGATES:
+                axis.barh(y, shown * 0.9, left=column - 0.45, height=0.5, **style)
+            else:
+                axis.scatter(column, y, s=80 + 520 * shown, **style)
+            label = f"{value:.2f}" + (f"±{sd:.2f}" if n_seeds > 1 else "")
+            axis.text(column, y - 0.38, label, ha="center", va="center", fontsize=7)
+
+
+def _label_methods(axis: Any, methods: list[str], is_control: list[bool]) -> None:
+    """Methods numbered by rank, controls in grey below a dashed line."""
+    n_rows, n_controls = len(methods), sum(is_control)
+    if 0 < n_controls < n_rows:
+        axis.axhline(n_controls - 0.5, color="grey", linewidth=0.8, linestyle="--")
+    labels, rank = [], 0
+    for method, control in zip(methods, is_control, strict=True):
+        if control:
+            labels.append(f"{method} (control)")
+        else:
+            rank += 1
+            labels.append(f"{rank}. {method}")
+    axis.set_yticks(range(n_rows), labels[::-1])
+    for tick, control in zip(axis.get_yticklabels(), is_control[::-1], strict=True):
+        tick.set_color("grey" if control else "black")

@@ -1,102 +1,93 @@
-"""Score embeddings with the scib metrics of the reference benchmark and tabulate them.
+"""Score embeddings with the registered metrics, scale them between controls, tabulate them.
 
-The metrics are scib's (Luecken et al. 2022) with scib's definitions; the work is organised to
-scale to the full 90,000-cell dataset: one exact nearest-neighbour search per embedding feeds
-every graph metric, Leiden runs once per resolution for all metrics that need clusters, and the
-three silhouettes come from one pass over the distances (``silhouette.py``). ``reference.py``
-keeps scib's own code path, against which tests check these values.
+Which metrics exist, their groups, requirements and names are in ``cite_bench.metrics``; which
+methods exist and their roles in ``cite_bench.methods``. The metrics follow scib's definitions
+(Luecken et al. 2022); the shared work (one exact kNN search, one Leiden clustering per
+resolution, one pass for the silhouettes) is organised in ``cite_bench.scoring`` to scale to
+the full 90,000-cell dataset.
+
+Each method's raw scores are then read against the controls of the same dataset, as Open
+Problems does: ``(value - worst control) / (best control - worst control)``, so that 0 is what
+an embedding that knows nothing (or integrates nothing) gets and 1 what the labels themselves
+get.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 
-from cite_bench.pipelines.modelling.nodes import first_seed, split_by_seed
+from cite_bench.methods import METHODS, SCALING_ROLES, Method, role_of
+from cite_bench.metrics import (
+    AGGREGATES,
+    BATCHES,
+    EMBEDDING,
+    LABELS,
+    PHASE,
+    REFERENCE,
+    REQUIREMENTS,
+    SKIPPED,
+    Metric,
+    aggregate,
+    display_name,
+    keys_in_order,
+    select_metrics,
+)
+from cite_bench.scoring import (
+    CLUSTER_KEY,
+    EMBEDDING_KEY,
+    MetricNotApplicable,
+    Profiler,
+    ScoringData,
+    embedding_anndata,
+    graph_anndata,
+)
+from cite_bench.seeds import first_seed, parse_seeds, split_by_seed
 
 logger = logging.getLogger(__name__)
 
-# Metric keys (used in tables and tracking) and display names. The first five are the reference
-# table's, in its order. Groups and the 0.6 / 0.4 weighting follow scib (Luecken et al. 2022).
-BIO_METRICS: dict[str, str] = {
-    "ari": "ARI",
-    "nmi": "NMI",
-    "asw_label": "ASW",
-    "isolated_label_asw": "Isolated label ASW",
-    "isolated_label_f1": "Isolated label F1",
-    "clisi": "Graph cLISI",
-    "cell_cycle": "Cell-cycle conservation",
-}
-BATCH_METRICS: dict[str, str] = {
-    "graph_connectivity": "Graph connectivity",
-    "asw_batch": "Batch ASW",
-    "ilisi": "Graph iLISI",
-    "kbet": "kBET",
-    "pcr_comparison": "PCR comparison",
-}
-AGGREGATES: dict[str, str] = {
-    "bio_conservation": "Bio conservation",
-    "batch_correction": "Batch correction",
-    "overall": "Overall (0.6 bio + 0.4 batch)",
-}
-REFERENCE_METRICS = ("ari", "nmi", "asw_label", "graph_connectivity", "isolated_label_asw")
-METRICS: dict[str, str] = {
-    **{key: {**BIO_METRICS, **BATCH_METRICS}[key] for key in REFERENCE_METRICS},
-    **{k: v for k, v in {**BIO_METRICS, **BATCH_METRICS}.items() if k not in REFERENCE_METRICS},
-    **AGGREGATES,
-}
-# Times (or otherwise watches) each step of the scoring; the benchmark passes one.
-Profiler = Callable[[str], AbstractContextManager[Any]]
-BIO_WEIGHT = 0.6
-LABEL_FREE = ("ilisi", "pcr_comparison", "cell_cycle")
-EMBEDDING_KEY = "X_emb"
-CLUSTER_KEY = "leiden_optimal"
-
-
-def embedding_anndata(embedding: pd.DataFrame, cells: pd.DataFrame) -> ad.AnnData:
-    """Pair an embedding with the cell annotations, refusing any mismatch of barcodes."""
-    missing = embedding.index.difference(cells.index)
-    if missing.size or embedding.shape[0] != cells.shape[0]:
-        raise ValueError(
-            f"Embedding ({embedding.shape[0]} cells) and cell metadata ({cells.shape[0]} cells) "
-            f"do not describe the same cells ({missing.size} embedding barcodes unknown)."
-        )
-    values = embedding.to_numpy(dtype=np.float32)
-    if not np.isfinite(values).all():
-        raise ValueError("The embedding contains NaN or infinite values.")
-    constant = values.std(axis=0) == 0
-    if constant.all():
-        raise ValueError("Every dimension of the embedding is constant.")
-    if constant.any():
-        # e.g. MOFA factors switched off by its sparsity priors: they carry no information and
-        # break regression-based scores (PCR).
-        logger.info("Dropping %d constant embedding dimensions.", constant.sum())
-        values = values[:, ~constant]
-    adata = ad.AnnData(obs=cells.loc[embedding.index].copy())
-    adata.obsm[EMBEDDING_KEY] = values
-    return adata
+__all__ = ["CLUSTER_KEY", "EMBEDDING_KEY", "Profiler", "embedding_anndata"]  # for reference.py
+TABLE_COLUMNS = ["method", "role", "seed", "metric", "value", "scaled", "note", "scaled_note"]
+RANK_BY = {"scaled": "scaled", "raw": "value"}
 
 
 def compute_metrics(
+    method: Method,
     embedding: pd.DataFrame,
     unintegrated: pd.DataFrame,
     cells: pd.DataFrame,
     params: dict[str, Any],
     columns: dict[str, str],
+    seeds: int | str | list[int],
+    controls: dict[str, Any],
 ) -> pd.DataFrame:
-    """Score a model's embedding for each seed it was trained with (``score_embedding``); one
-    row per seed and metric. The unintegrated reference is the baseline's first seed."""
+    """Score a method's embedding for each seed it was trained with (``score_embedding``); one
+    row per seed and metric. The unintegrated reference is the baseline's first seed. A method
+    that was skipped gets every metric as not applicable, with the reason."""
+    metrics = select_metrics(params["metrics"])
+    reason = method.skip_reason(cells, columns, controls)
+    if reason:
+        rows = [
+            {"seed": seed, "metric": metric.key, "value": np.nan, "note": f"{SKIPPED}{reason}"}
+            for seed in parse_seeds(seeds)
+            for metric in metrics
+        ]
+        return pd.DataFrame(rows)
     reference = first_seed(unintegrated)
     tables = [
-        score_embedding(frame, reference, cells, params, columns).assign(seed=seed)
+        score_embedding(
+            frame,
+            reference,
+            cells,
+            params,
+            columns,
+            is_reference=method.unintegrated_reference,
+            output=method.output,
+        ).assign(seed=seed)
         for seed, frame in split_by_seed(embedding).items()
     ]
     return pd.concat(tables, ignore_index=True)[["seed", "metric", "value", "note"]]
@@ -104,391 +95,348 @@ def compute_metrics(
 
 def score_embedding(
     embedding: pd.DataFrame,
-    unintegrated: pd.DataFrame,
+    unintegrated: pd.DataFrame | None,
     cells: pd.DataFrame,
     params: dict[str, Any],
     columns: dict[str, str],
     profile: Profiler | None = None,
+    is_reference: bool = False,
+    output: str = "embedding",
 ) -> pd.DataFrame:
-    """Score one embedding with scib's bio-conservation and batch-correction metrics.
+    """Score one embedding (or, with ``output="graph"``, one cell graph in the layout of
+    ``cite_bench.knn_graph``) with the metrics ``params["metrics"]`` selects.
 
-    An exact kNN graph on the embedding feeds ARI and NMI of Leiden clusters at the resolution
-    that best matches the labels, graph connectivity and isolated-label F1 (scib), graph LISI
-    and kBET (scib-metrics); the cell-type, batch and isolated-label silhouettes follow scib's
-    definitions; the PCR comparison (against ``unintegrated``, the PCA of the RNA) comes from
-    scib-metrics, and cell-cycle conservation is scored where a phase column exists. All are in
-    [0, 1], higher is better. A metric the data cannot support is reported as missing, with the
-    reason in ``note``. ``profile(step)`` wraps each step (the benchmark times them).
+    Each metric whose needs the data do not meet (labels, two batches, a phase column, an
+    unintegrated reference other than the method itself) is reported as missing with a
+    ``skipped: ...`` note; label-based metrics are scored on the cells with a label. All lie in
+    [0, 1], higher is better. ``profile(step)`` wraps each step (the benchmark times them).
     """
-    profile = profile or (lambda step: contextlib.nullcontext())
-    label, batch = columns["label"], columns["batch"]
-    adata = embedding_anndata(embedding, cells)
-    values = dict.fromkeys([*BIO_METRICS, *BATCH_METRICS], np.nan)
-    notes = dict.fromkeys(values, "")
-    single_batch = adata.obs[batch].nunique() < 2
-    batch_note = f"skipped: only one batch in '{batch}'"
-    with profile("knn"):
-        neighbours = nearest_neighbours(adata.obsm[EMBEDDING_KEY], params["lisi_neighbors"])
-    if not single_batch:
-        values.update(_label_free_metrics(adata, neighbours, unintegrated, batch, profile))
-    phase = columns["phase"]
-    if phase in adata.obs and adata.obs[phase].notna().any():
-        with profile("cell_cycle"):
-            values["cell_cycle"] = cell_cycle_conservation(
-                adata.obsm[EMBEDDING_KEY],
-                _aligned(unintegrated, adata),
-                adata.obs[phase],
-                adata.obs[batch].astype(str).to_numpy(),
-            )
+    if output == "graph":
+        adata, neighbours = graph_anndata(embedding, cells)
     else:
-        notes["cell_cycle"] = f"skipped: no cell-cycle phase column '{phase}' in obs"
-    labelled = (
-        adata.obs[label].notna().to_numpy()
-        if label in adata.obs
-        else np.zeros(adata.n_obs, dtype=bool)
-    )
-    if labelled.any():
-        subset = adata
-        if not labelled.all():
-            note = f"on the {labelled.sum()} of {labelled.size} cells with a label"
-            notes.update({key: note for key in values if key not in LABEL_FREE})
-            subset = adata[labelled].copy()
-            subset.obs[label] = subset.obs[label].cat.remove_unused_categories()
-            with profile("knn"):
-                neighbours = nearest_neighbours(
-                    subset.obsm[EMBEDDING_KEY], params["lisi_neighbors"]
-                )
-        values.update(
-            _label_metrics(
-                subset, neighbours, params, columns, with_batch=not single_batch, profile=profile
-            )
-        )
-        if np.isnan(values["isolated_label_asw"]):
-            notes["isolated_label_asw"] = notes["isolated_label_f1"] = (
-                "skipped: every label occurs in the same number of batches"
-            )
-    else:
-        reason = f"skipped: no cell-type labels (obs column '{label}')"
-        logger.warning("Evaluation %s; reporting the label-based metrics as missing.", reason)
-        notes.update({key: reason for key in values if key not in LABEL_FREE})
-    if single_batch:
-        notes.update({key: batch_note for key in BATCH_METRICS if key != "graph_connectivity"})
-    for key, value in values.items():
-        if np.isnan(value) and not notes[key]:
-            notes[key] = "not computable on this embedding"
-    values.update(aggregate_scores(values))
-    return _metric_table(values, notes)
+        adata, neighbours = embedding_anndata(embedding, cells), None
+    reference = None if unintegrated is None else _aligned(unintegrated, adata)
+    data = ScoringData(adata, columns, params, reference, profile, neighbours)
+    rows = []
+    for metric in select_metrics(params["metrics"]):
+        value, note = np.nan, unmet_requirement(metric, data, columns, is_reference, output)
+        if not note:
+            target = data.labelled if LABELS in metric.needs else data
+            try:
+                value = float(metric.compute(target))
+            except MetricNotApplicable as reason:
+                note = f"{SKIPPED}{reason}"
+            if target is not data and not note:
+                note = f"on the {target.n_cells} of {data.n_cells} cells with a label"
+            if np.isnan(value) and not note:
+                note = "not computable on this embedding"
+        rows.append({"metric": metric.key, "value": value, "note": note})
+    return pd.DataFrame(rows, columns=["metric", "value", "note"])
 
 
-def aggregate_scores(values: dict[str, float]) -> dict[str, float]:
-    """scib's aggregates: the mean of each group's available metrics, and 0.6 bio + 0.4 batch."""
-    bio = np.array([values[key] for key in BIO_METRICS], dtype=float)
-    batch = np.array([values[key] for key in BATCH_METRICS], dtype=float)
-    bio_score = float(np.nanmean(bio)) if np.isfinite(bio).any() else np.nan
-    batch_score = float(np.nanmean(batch)) if np.isfinite(batch).any() else np.nan
-    return {
-        "bio_conservation": bio_score,
-        "batch_correction": batch_score,
-        "overall": BIO_WEIGHT * bio_score + (1 - BIO_WEIGHT) * batch_score,
+def unmet_requirement(
+    metric: Metric,
+    data: ScoringData,
+    columns: Mapping[str, str],
+    is_reference: bool,
+    output: str,
+) -> str:
+    """The ``skipped: ...`` note of a metric whose needs these data do not meet, or ``""``."""
+    label, batch, phase = columns["label"], columns["batch"], columns["phase"]
+    checks = {
+        LABELS: (not data.has_labels.any(), f"no cell-type labels (obs column '{label}')"),
+        BATCHES: (data.n_batches < 2, f"only one batch in '{batch}'"),
+        PHASE: (
+            phase not in data.adata.obs or not data.adata.obs[phase].notna().any(),
+            f"no cell-cycle phase column '{phase}' in obs",
+        ),
+        REFERENCE: (
+            is_reference or data.reference is None,
+            "this is the unintegrated reference: it would be compared with itself"
+            if is_reference
+            else "no unintegrated reference embedding",
+        ),
+        EMBEDDING: (output != "embedding", "the method outputs a cell graph, not an embedding"),
     }
+    for need in REQUIREMENTS:
+        unmet, reason = checks[need]
+        if need in metric.needs and unmet:
+            return f"{SKIPPED}{reason}"
+    return ""
 
 
-def nearest_neighbours(matrix: np.ndarray, n_neighbors: int) -> Any:
-    """Exact nearest neighbours of every cell, itself first (deterministic, unlike approximate
-    search): one search serves the Leiden graph, graph connectivity, LISI and kBET."""
-    from scib_metrics.nearest_neighbors import NeighborsResults
-    from sklearn.neighbors import NearestNeighbors
-
-    k = min(n_neighbors, matrix.shape[0] - 1)
-    distances, indices = NearestNeighbors(n_neighbors=k).fit(matrix).kneighbors(matrix)
-    return NeighborsResults(indices=indices, distances=distances)
-
-
-class PrecomputedNeighbors:
-    """A kNN "transformer" (scanpy's ``transformer=`` protocol) that hands ``sc.pp.neighbors``
-    the first ``n_neighbors`` columns of a search already done, instead of searching again."""
-
-    def __init__(self, neighbours: Any, n_neighbors: int) -> None:
-        self.neighbours = neighbours
-        self.n_neighbors = min(n_neighbors, neighbours.indices.shape[1])
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {"n_neighbors": self.n_neighbors}
-
-    def fit_transform(self, matrix: Any) -> Any:
-        from scipy import sparse
-
-        indices = self.neighbours.indices[:, : self.n_neighbors]
-        distances = self.neighbours.distances[:, : self.n_neighbors]
-        n_cells = indices.shape[0]
-        if matrix.shape[0] != n_cells:
-            raise ValueError("The precomputed neighbours describe other cells.")
-        pointers = np.arange(0, indices.size + 1, self.n_neighbors)
-        return sparse.csr_matrix(
-            (distances.ravel(), indices.ravel(), pointers), shape=(n_cells, n_cells)
-        )
-
-
-def _label_free_metrics(
-    adata: ad.AnnData, neighbours: Any, unintegrated: pd.DataFrame, batch: str, profile: Profiler
-) -> dict[str, float]:
-    import scib_metrics
-
-    batches = adata.obs[batch].astype(str).to_numpy()
-    before = _aligned(unintegrated, adata)
-    with profile("ilisi"):
-        ilisi = float(scib_metrics.ilisi_knn(neighbours, batches))
-    with profile("pcr_comparison"):
-        pcr = scib_metrics.pcr_comparison(
-            before, adata.obsm[EMBEDDING_KEY], batches, scale=True, categorical=True
-        )
-    return {"ilisi": ilisi, "pcr_comparison": float(pcr)}
-
-
-def _aligned(frame: pd.DataFrame, adata: ad.AnnData) -> np.ndarray:
+def _aligned(frame: pd.DataFrame, adata: Any) -> np.ndarray:
     return frame.loc[adata.obs_names].to_numpy(dtype=np.float32)
 
 
-def cell_cycle_conservation(
-    embedding: np.ndarray, unintegrated: np.ndarray, phases: pd.Series, batches: np.ndarray
-) -> float:
-    """scib's cell-cycle conservation, with the annotated phase as the covariate.
-
-    In each batch, the variance that the phase explains through principal component
-    regression is compared before (``unintegrated``) and after integration:
-    ``max(0, 1 - |after - before| / before)``; the mean over batches. scib regresses on S and
-    G2/M scores recomputed from marker genes, which a highly-variable-gene subset may lack;
-    the phase call of the input (e.g. GEX_phase in the GEO file) carries the same signal.
-    """
-    from scib_metrics.utils import principal_component_regression
-
-    known = phases.notna().to_numpy()
-    codes = phases.astype("category").cat.codes.to_numpy()
-    scores = []
-    for name in np.unique(batches[known]):
-        cells = known & (batches == name)
-        if np.unique(codes[cells]).size < 2 or cells.sum() < 3:
-            continue  # no cell-cycle variance to conserve in this batch
-        before, after = (
-            float(principal_component_regression(matrix[cells], codes[cells], categorical=True))
-            for matrix in (unintegrated, embedding)
-        )
-        if before > 0:
-            scores.append(max(0.0, 1 - abs(after - before) / before))
-    return float(np.mean(scores)) if scores else np.nan
-
-
-def _label_metrics(
-    adata: ad.AnnData,
-    neighbours: Any,
+def tabulate_metrics(
     params: dict[str, Any],
-    columns: dict[str, str],
-    with_batch: bool,
-    profile: Profiler,
-) -> dict[str, float]:
-    import scib
-    import scib_metrics
-
-    from .silhouette import silhouette_metrics
-
-    label, batch = columns["label"], columns["batch"]
-    with profile("knn_graph"):
-        sc.pp.neighbors(
-            adata,
-            use_rep=EMBEDDING_KEY,
-            transformer=PrecomputedNeighbors(neighbours, params["n_neighbors"]),
-        )
-    resolutions = np.linspace(*params["leiden_resolutions"]).round(3).tolist()
-    with profile("leiden"):
-        clusterings = leiden_clusterings(adata, resolutions, leiden_arguments(params))
-    with profile("ari_nmi"):
-        # As scib's cluster_optimal_resolution: keep the clustering whose NMI with the labels
-        # is highest (the first of equals), then score ARI and NMI on it.
-        best_nmi = -1.0
-        for clusters in clusterings:
-            adata.obs["_candidate"] = pd.Categorical(clusters)
-            score = scib.me.nmi(adata, cluster_key="_candidate", label_key=label)
-            if score > best_nmi:
-                best_nmi, adata.obs[CLUSTER_KEY] = score, adata.obs["_candidate"]
-        del adata.obs["_candidate"]
-        values = {
-            "ari": scib.me.ari(adata, cluster_key=CLUSTER_KEY, label_key=label),
-            "nmi": scib.me.nmi(adata, cluster_key=CLUSTER_KEY, label_key=label),
-        }
-    labels = adata.obs[label].astype(str).to_numpy()
-    batches = adata.obs[batch].astype(str).to_numpy()
-    with profile("silhouettes"):
-        silhouettes = silhouette_metrics(
-            adata.obsm[EMBEDDING_KEY],
-            labels,
-            batches if with_batch else None,
-            isolated_labels(adata.obs, label, batch),
-        )
-    values["asw_label"] = silhouettes["asw_label"]
-    values["isolated_label_asw"] = silhouettes["isolated_label_asw"]
-    with profile("graph_connectivity"):
-        values["graph_connectivity"] = scib.me.graph_connectivity(adata, label_key=label)
-    with profile("isolated_label_f1"):
-        values["isolated_label_f1"] = isolated_label_f1(adata.obs, label, batch, clusterings)
-    with profile("clisi"):
-        values["clisi"] = float(scib_metrics.clisi_knn(neighbours, labels))
-    if with_batch:
-        values["asw_batch"] = silhouettes["asw_batch"]
-        with profile("kbet"):
-            values["kbet"] = float(scib_metrics.kbet_per_label(neighbours, batches, labels))
-    return {key: float(value) for key, value in values.items()}
+    external_metrics: pd.DataFrame | None = None,
+    **metrics_by_method: pd.DataFrame,
+) -> pd.DataFrame:
+    """One tidy table of every method's scores (the registered methods', and the external
+    ones' with their ``method`` column): raw and scaled between controls, with the aggregates
+    of both (columns ``TABLE_COLUMNS``)."""
+    frames = [frame.assign(method=method) for method, frame in metrics_by_method.items()]
+    if external_metrics is not None and len(external_metrics):
+        frames.append(external_metrics)
+    table = pd.concat(frames, ignore_index=True)
+    table["role"] = table["method"].map(role_of)
+    table = scale_by_controls(table, params["scaling"])
+    return add_aggregates(table)[TABLE_COLUMNS]
 
 
-def leiden_arguments(params: dict[str, Any]) -> dict[str, Any]:
-    """``igraph`` (scanpy's coming default, ~10x faster) or ``leidenalg`` (what scib used)."""
-    if params["leiden_flavor"] == "igraph":
-        return {
-            "random_state": params["seed"],
-            "flavor": "igraph",
-            "n_iterations": 2,
-            "directed": False,
-        }
-    return {"random_state": params["seed"], "flavor": "leidenalg"}
+def scale_by_controls(table: pd.DataFrame, scaling: Mapping[str, Any]) -> pd.DataFrame:
+    """Each value scaled between the lowest and the highest control on this dataset (controls
+    and no-integration baselines, by their mean over seeds), as Open Problems does.
 
-
-def isolated_labels(obs: pd.DataFrame, label: str, batch: str) -> list[str]:
-    """Labels found in the fewest batches (scib's rule), none if all are in every batch."""
-    batches_per_label = obs.groupby(label, observed=True)[batch].nunique()
-    fewest = batches_per_label.min()
-    if fewest == obs[batch].nunique():
-        return []
-    return batches_per_label.index[batches_per_label == fewest].tolist()
-
-
-def leiden_clusterings(
-    adata: ad.AnnData, resolutions: list[float], leiden: dict[str, Any]
-) -> list[np.ndarray]:
-    """Leiden clusters of the kNN graph at each resolution, computed once for every metric.
-
-    With igraph, the graph is converted once and each resolution calls igraph directly, as
-    ``sc.tl.leiden(flavor="igraph")`` does (same graph, arguments and random state, hence the
-    same clusters; a test checks it), instead of converting it again for every resolution:
-    that conversion took ~40% of the time at 90,000 cells.
+    A metric on which the controls differ by less than ``min_control_range`` is uninformative
+    (no scaled value, and said so); scaled values outside ``flag_outside`` are flagged.
     """
-    if leiden["flavor"] != "igraph":
-        clusterings = []
-        for resolution in resolutions:
-            sc.tl.leiden(adata, resolution=resolution, key_added="_leiden", **leiden)
-            clusterings.append(adata.obs.pop("_leiden").to_numpy())
-        return clusterings
-    from scanpy._utils import get_igraph_from_adjacency
-    from scanpy._utils.random import set_igraph_random_state
-
-    graph = get_igraph_from_adjacency(adata.obsp["connectivities"], directed=False)
-    clusterings = []
-    for resolution in resolutions:
-        with set_igraph_random_state(leiden["random_state"]):
-            partition = graph.community_leiden(
-                objective_function="modularity",
-                weights="weight",
-                resolution=resolution,
-                n_iterations=leiden["n_iterations"],
+    table = table.copy()
+    table["scaled"], table["scaled_note"] = np.nan, ""
+    low_flag, high_flag = scaling["flag_outside"]
+    controls = table[table["role"].isin(SCALING_ROLES)]
+    for metric, rows in table.groupby("metric", sort=False):
+        means = controls[controls["metric"] == metric].groupby("method")["value"].mean().dropna()
+        if len(means) < 2:
+            table.loc[rows.index, "scaled_note"] = (
+                "uninformative: fewer than two controls were scored"
             )
-        clusterings.append(np.asarray(partition.membership).astype(str))
-    return clusterings
-
-
-def isolated_label_f1(
-    obs: pd.DataFrame, label: str, batch: str, clusterings: list[np.ndarray]
-) -> float:
-    """scib's isolated-label F1: for each isolated label, the best F1 of any Leiden cluster
-    at any resolution against that label; the mean over isolated labels.
-
-    Same definition as ``scib.me.isolated_labels_f1``, but from clusterings shared by all
-    labels and metrics (scib reclusters per label with leidenalg: ~40x slower on the demo).
-    """
-    from sklearn.metrics import f1_score
-
-    labels = isolated_labels(obs, label, batch)
-    if not labels:
-        return np.nan
-    truth = obs[label].astype(str).to_numpy()
-    scores = []
-    for isolated in labels:
-        is_label = truth == isolated
-        scores.append(
-            max(
-                f1_score(is_label, clusters == cluster)
-                for clusters in clusterings
-                for cluster in np.unique(clusters[is_label])
+            continue
+        low, high = means.min(), means.max()
+        if high - low < scaling["min_control_range"]:
+            table.loc[rows.index, "scaled_note"] = (
+                f"uninformative: the controls differ by {high - low:.3f} only "
+                f"({means.idxmin()} {low:.3f}, {means.idxmax()} {high:.3f})"
             )
-        )
-    return float(np.mean(scores))
+            continue
+        scaled = (rows["value"] - low) / (high - low)
+        table.loc[rows.index, "scaled"] = scaled
+        outside = (scaled < low_flag) | (scaled > high_flag)
+        table.loc[scaled[outside].index, "scaled_note"] = [
+            f"flagged: scaled value {value:.2f} lies far outside [0, 1]: the controls do not "
+            "bound this method"
+            for value in scaled[outside]
+        ]
+    return table
 
 
-def _metric_table(values: dict[str, float], notes: dict[str, str]) -> pd.DataFrame:
-    """One row per metric, in the order of ``METRICS`` (the reference table's first)."""
-    keys = [key for key in METRICS if key in values]
-    return pd.DataFrame(
-        {
-            "metric": keys,
-            "value": [float(values[key]) for key in keys],
-            "note": [notes.get(key, "") for key in keys],
+def add_aggregates(table: pd.DataFrame) -> pd.DataFrame:
+    """Bio conservation, batch correction and overall per method and seed, from the raw and
+    from the scaled values (``cite_bench.metrics.aggregate``: metrics that do not apply are
+    left out; uninformative ones too for the scaled aggregates)."""
+    rows = []
+    for (method, role, seed), scores in table.groupby(["method", "role", "seed"], sort=False):
+        notes = dict(zip(scores["metric"], scores["note"].fillna(""), strict=True))
+        skipped = {key: note for key, note in notes.items() if note.startswith(SKIPPED)}
+        raw = aggregate(dict(zip(scores["metric"], scores["value"], strict=True)), skipped)
+        uninformative = {
+            key: note
+            for key, note in zip(scores["metric"], scores["scaled_note"], strict=True)
+            if note.startswith("uninformative")
         }
-    )
-
-
-def collect_metrics(**metrics_by_model: pd.DataFrame) -> pd.DataFrame:
-    """One tidy table (model, seed, metric, value, note) from each model's metrics."""
-    tables = [
-        table.assign(model=model)[["model", "seed", "metric", "value", "note"]]
-        for model, table in metrics_by_model.items()
-    ]
-    return pd.concat(tables, ignore_index=True)
+        scaled = aggregate(
+            dict(zip(scores["metric"], scores["scaled"], strict=True)),
+            {**skipped, **uninformative},
+        )
+        for key in AGGREGATES:
+            rows.append(
+                {
+                    "method": method,
+                    "role": role,
+                    "seed": seed,
+                    "metric": key,
+                    "value": raw[key][0],
+                    "scaled": scaled[key][0],
+                    "note": raw[key][1],
+                    "scaled_note": scaled[key][1],
+                }
+            )
+    return pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
 
 
 def summarise_over_seeds(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample standard deviation of each model's metrics over its seeds (one row per
-    model and metric, models and metrics in table order); the SD is 0 for a single seed."""
-    keys = ["model", "metric"]
-    summary = metrics.groupby(keys, sort=False).agg(
+    """Mean and sample standard deviation of each method's raw and scaled scores over its
+    seeds (one row per method and metric, in table order); the SD is 0 for a single seed."""
+
+    def sd(values: pd.Series) -> float:
+        return values.std(ddof=1) if values.notna().sum() > 1 else 0.0
+
+    metrics = metrics.copy()
+    if "role" not in metrics:
+        metrics["role"] = metrics["method"].map(role_of)
+    for column in ("scaled", "scaled_note"):
+        if column not in metrics:
+            metrics[column] = np.nan if column == "scaled" else ""
+    summary = metrics.groupby(["method", "metric"], sort=False).agg(
+        role=("role", "first"),
         mean=("value", "mean"),
-        sd=("value", lambda values: values.std(ddof=1) if values.notna().sum() > 1 else 0.0),
+        sd=("value", sd),
+        scaled_mean=("scaled", "mean"),
+        scaled_sd=("scaled", sd),
         n_seeds=("seed", "nunique"),
         note=("note", "first"),
+        scaled_note=("scaled_note", "first"),
     )
     summary.loc[summary["mean"].isna(), "sd"] = np.nan
+    summary.loc[summary["scaled_mean"].isna(), "scaled_sd"] = np.nan
     return summary.reset_index()
 
 
-def format_metrics_table(metrics: pd.DataFrame) -> str:
-    """A markdown table in the layout of the reference: one row per metric, one column per
-    model, the best value of each metric in bold; mean ± SD where models ran with several
-    seeds; notes on missing metrics below it."""
+def ranked_methods(summary: pd.DataFrame, rank_by: str) -> list[str]:
+    """Methods under test (integrated, baselines, external) by their overall score, best first,
+    then the controls, likewise. Raw scores rank where scaled ones are missing (no controls)."""
+    column = ranking_column(summary, rank_by)
+    overall = summary[summary["metric"] == "overall"].set_index("method")
+    order = list(dict.fromkeys(summary["method"]))
+    score = overall[column].reindex(order).fillna(-np.inf)
+    is_control = [role_of(method) == "control" for method in order]
+    return sorted(order, key=lambda m: (is_control[order.index(m)], -score[m], order.index(m)))
+
+
+def ranking_column(summary: pd.DataFrame, rank_by: str) -> str:
+    column = "scaled_mean" if rank_by == "scaled" else "mean"
+    if column == "scaled_mean" and summary["scaled_mean"].isna().all():
+        return "mean"  # no controls were scored: nothing to scale against
+    return column
+
+
+def format_metrics_table(metrics: pd.DataFrame, params: dict[str, Any]) -> str:
+    """Markdown tables in the layout of the reference (one row per metric, one column per
+    method, methods ranked by the overall score, controls last): the scaled scores and the raw
+    ones, the best method's value per metric in bold (controls are not candidates), mean ± SD
+    where methods ran with several seeds, and notes below."""
     summary = summarise_over_seeds(metrics)
-    wide = summary.pivot(index="metric", columns="model", values="mean")
-    spread = summary.pivot(index="metric", columns="model", values="sd")
-    models = list(dict.fromkeys(metrics["model"]))
-    order = [key for key in METRICS if key in wide.index]
-    order += [key for key in wide.index if key not in METRICS]
-    wide, spread = wide.loc[order, models], spread.loc[order, models]
+    rank_by = params["rank_by"]
+    methods = ranked_methods(summary, rank_by)
     with_sd = bool((summary["n_seeds"] > 1).any())
-    lines = [
-        "| Metric | " + " | ".join(models) + " |",
-        "|---|" + "---:|" * len(models),
-    ]
+    scaled_available = not summary["scaled_mean"].isna().all()
+    sections = []
+    tables = [("Raw scores", "mean", "sd")]
+    if scaled_available:
+        scaled = ("Scaled scores (0 = worst control, 1 = best control)", "scaled_mean", "scaled_sd")
+        tables = [scaled, *tables] if rank_by == "scaled" else [*tables, scaled]
+    for title, mean, spread in tables:
+        sections.append(f"### {title}\n\n" + _markdown_table(summary, methods, mean, spread))
+    roles = ", ".join(f"{method}: {role_of(method)}" for method in methods)
+    ranking = "scaled" if ranking_column(summary, rank_by) == "scaled_mean" else "raw"
+    lines = [f"Methods ranked by the overall {ranking} score; roles: {roles}."]
+    if with_sd:
+        seeds = ", ".join(str(seed) for seed in sorted(metrics["seed"].unique()))
+        lines.append(f"Mean ± standard deviation over seeds {seeds}.")
+    lines += _notes(summary)
+    return "\n\n".join(sections) + "\n" + "\n".join(lines) + "\n"
+
+
+def _markdown_table(summary: pd.DataFrame, methods: Sequence[str], mean: str, spread: str) -> str:
+    wide = summary.pivot(index="metric", columns="method", values=mean)
+    spreads = summary.pivot(index="metric", columns="method", values=spread)
+    order = keys_in_order(wide.index)
+    wide, spreads = wide.loc[order, methods], spreads.loc[order, methods]
+    with_sd = bool((summary["n_seeds"] > 1).any())
+    candidates = [method for method in methods if role_of(method) != "control"]
+    lines = ["| Metric | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
     for key, row in wide.iterrows():
-        best = row.max()
+        best = row[candidates].max()
         cells = []
-        for model, value in row.items():
+        for method, value in row.items():
             if np.isnan(value):
                 cells.append("n/a")
                 continue
-            text = f"{value:.3f}" + (f" ± {spread.at[key, model]:.3f}" if with_sd else "")
-            cells.append(f"**{text}**" if np.isclose(value, best) else text)
-        lines.append(f"| {METRICS.get(key, key)} | " + " | ".join(cells) + " |")
-    if with_sd:
-        seeds = ", ".join(str(seed) for seed in sorted(metrics["seed"].unique()))
-        lines += ["", f"Mean ± standard deviation over seeds {seeds}."]
-    notes = metrics.loc[metrics["note"].fillna("") != "", ["metric", "note"]].drop_duplicates()
-    if len(notes):
-        lines.append("")
-        lines += [
-            f"- {METRICS.get(row.metric, row.metric)}: {row.note}" for row in notes.itertuples()
-        ]
+            text = f"{value:.3f}" + (f" ± {spreads.at[key, method]:.3f}" if with_sd else "")
+            is_best = method in candidates and np.isclose(value, best)
+            cells.append(f"**{text}**" if is_best else text)
+        lines.append(f"| {display_name(key)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _notes(summary: pd.DataFrame) -> list[str]:
+    """One line per distinct reason a value is missing or flagged, naming the methods."""
+    lines = []
+    for column in ("note", "scaled_note"):
+        notes = summary[summary[column].fillna("") != ""]
+        grouped = notes.groupby(["metric", column], sort=False)["method"].apply(list)
+        for (metric, note), methods in grouped.items():
+            label = display_name(metric) + (" (scaled)" if column == "scaled_note" else "")
+            everyone = set(methods) == set(summary["method"])
+            who = "" if everyone else f" [{', '.join(methods)}]"
+            lines.append(f"- {label}: {note}{who}")
+    return lines
+
+
+# --- users' own methods: embeddings from files ------------------------------------------------
+
+
+class ExternalEmbeddingError(ValueError):
+    """An external method's embedding cannot be scored; the message names the file."""
+
+
+def check_external_embeddings(
+    external: Mapping[str, Any], cells: pd.DataFrame
+) -> dict[str, pd.DataFrame]:
+    """Check each external method's embedding against the dataset's cells before any scoring:
+    every cell present (extra cells are named and dropped), numbers only, finite, at least two
+    non-constant dimensions, a name of its own. Returns the embeddings in the cells' order."""
+    checked = {}
+    for name, item in external.items():
+        where = f"external method '{name}' ({item.path})"
+        frame = item.frame
+        if name in METHODS or name in {"params", "external_metrics"}:
+            raise ExternalEmbeddingError(f"{where}: '{name}' is taken; choose another name.")
+        if frame.shape[1] == 0:
+            raise ExternalEmbeddingError(f"{where}: the embedding has no dimension.")
+        text = [column for column, dtype in frame.dtypes.items() if dtype.kind not in "biuf"]
+        if text:
+            raise ExternalEmbeddingError(f"{where}: non-numeric columns {text[:5]}.")
+        duplicated = frame.index[frame.index.duplicated()]
+        if duplicated.size:
+            raise ExternalEmbeddingError(
+                f"{where}: {duplicated.size} duplicate barcodes, e.g. {list(duplicated[:3])}."
+            )
+        missing = cells.index.difference(frame.index)
+        if missing.size:
+            raise ExternalEmbeddingError(
+                f"{where}: {missing.size} of the dataset's {len(cells)} cells are missing, e.g. "
+                f"{list(missing[:3])} (barcodes are the index of a table, obs_names of an .h5ad)."
+            )
+        extra = frame.index.difference(cells.index)
+        if extra.size:
+            logger.warning(
+                "%s: dropping %d cells that are not in the dataset, e.g. %s.",
+                where,
+                extra.size,
+                list(extra[:3]),
+            )
+        values = frame.loc[cells.index].to_numpy(dtype=np.float64)
+        not_finite = int(values.size - np.isfinite(values).sum())
+        if not_finite:
+            raise ExternalEmbeddingError(f"{where}: {not_finite} NaN or infinite values.")
+        varying = int((values.std(axis=0) > 0).sum())
+        if varying < 2:
+            raise ExternalEmbeddingError(
+                f"{where}: {varying} non-constant dimension(s); an embedding needs at least two."
+            )
+        checked[name] = frame.loc[cells.index]
+    return checked
+
+
+def score_external_embeddings(
+    embeddings: Mapping[str, pd.DataFrame],
+    unintegrated: pd.DataFrame,
+    cells: pd.DataFrame,
+    params: dict[str, Any],
+    columns: dict[str, str],
+) -> pd.DataFrame:
+    """Score each external embedding exactly as a trained method's (``score_embedding``)."""
+    reference = first_seed(unintegrated)
+    tables = [
+        score_embedding(frame, reference, cells, params, columns).assign(method=name, seed=0)
+        for name, frame in embeddings.items()
+    ]
+    columns_out = ["method", "seed", "metric", "value", "note"]
+    return (
+        pd.concat(tables, ignore_index=True)[columns_out]
+        if tables
+        else pd.DataFrame(columns=columns_out)
+    )

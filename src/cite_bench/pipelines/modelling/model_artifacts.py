@@ -8,6 +8,7 @@ MOFA+ is kept in the HDF5 file mofapy2 writes, the standard MOFA model format, s
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import h5py
@@ -85,3 +86,23 @@ class PcaModel:
     def load(cls, dir_path: str) -> PcaModel:
         with np.load(Path(dir_path) / cls.FILE_NAME) as saved:
             return cls(saved["features"], saved["mean"], saved["scale"], saved["components"])
+
+
+class RecipeModel:
+    """A method with nothing trained (a control, WNN): its settings are what is kept."""
+
+    FILE_NAME = "recipe.json"
+
+    def __init__(self, recipe: dict) -> None:
+        self.recipe = dict(recipe)
+
+    def save(self, dir_path: str, overwrite: bool = False) -> None:
+        target = Path(dir_path) / self.FILE_NAME
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"'{target}' exists; pass overwrite=True to replace it.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(self.recipe, indent=2, default=str))
+
+    @classmethod
+    def load(cls, dir_path: str) -> RecipeModel:
+        return cls(json.loads((Path(dir_path) / cls.FILE_NAME).read_text()))

@@ -1,10 +1,11 @@
-"""One training function per integration model.
+"""One training function per method: integration models, baselines and controls.
 
 Every trainer has the same contract, so that one template pipeline serves them all: it takes
 the preprocessed MuData, its hyperparameter block (with one ``seed``) and the column names, and
 returns the trained model, the embedding (cells x latent dimensions, indexed by barcode) and a
 training summary. ``train_over_seeds`` runs a trainer once per seed of the ``seeds`` parameter.
-Adding a model means adding a function here, an entry in ``TRAINERS`` and a parameter block.
+Adding a method means adding a function here, an entry in ``cite_bench.methods.METHODS`` and a
+parameter block.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import mudata as md
@@ -26,12 +27,17 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .model_artifacts import MofaModel, PcaModel
+from cite_bench.knn_graph import graph_frame
+from cite_bench.seeds import parse_seeds, stack_seeds
+
+from .model_artifacts import MofaModel, PcaModel, RecipeModel
+
+if TYPE_CHECKING:
+    from cite_bench.methods import Method
 
 logger = logging.getLogger(__name__)
 
 TrainingResult = tuple[Any, pd.DataFrame, dict[str, Any]]
-SEED_LEVEL = "seed"
 
 
 def _embedding_frame(latent: np.ndarray, cells: pd.Index) -> pd.DataFrame:
@@ -179,8 +185,12 @@ def train_totalvi(
         index=rna.obs_names,
         columns=adt.var_names,
     )
+    # One sample (one batch): nothing to correct, so no batch covariate.
+    batch_key = batch if adata.obs[batch].nunique() > 1 else None
+    if batch_key is None:
+        logger.info("totalVI trains without a batch covariate: one batch in '%s'.", batch)
     scvi.model.TOTALVI.setup_anndata(
-        adata, protein_expression_obsm_key="protein_expression", batch_key=batch
+        adata, protein_expression_obsm_key="protein_expression", batch_key=batch_key
     )
     model = scvi.model.TOTALVI(
         adata, n_latent=hyperparameters["n_latent"], **hyperparameters.get("model_kwargs", {})
@@ -215,8 +225,12 @@ def train_multigrate(
     adata = mtg.data.organize_multimodal_anndatas(
         adatas=[[rna], [adt]], layers=[["counts"], [None]]
     )
+    # One sample (one batch): nothing to correct, so no batch covariate.
+    covariates = [batch] if obs[batch].nunique() > 1 else None
+    if covariates is None:
+        logger.info("Multigrate trains without a batch covariate: one batch in '%s'.", batch)
     mtg.model.MultiVAE.setup_anndata(
-        adata, categorical_covariate_keys=[batch], rna_indices_end=rna.n_vars
+        adata, categorical_covariate_keys=covariates, rna_indices_end=rna.n_vars
     )
     model = mtg.model.MultiVAE(
         adata,
@@ -286,6 +300,143 @@ def train_pca_rna_adt(
     return _train_pca("pca_rna_adt", mdata, hyperparameters, blocks, features, scale)
 
 
+def train_wnn(
+    mdata: md.MuData, hyperparameters: dict[str, Any], columns: dict[str, str]
+) -> TrainingResult:
+    """Weighted nearest neighbours (muon's implementation of Seurat's WNN): per-cell modality
+    weights combine a kNN graph of the RNA (PCA of the log-normalised HVGs) with one of the
+    protein (PCA of the CLR values). Its output is the weighted cell graph, not an embedding:
+    each cell's ``n_neighbors`` nearest cells by WNN distance (``cite_bench.knn_graph``)."""
+    import muon as mu
+    import scanpy as sc
+
+    started = time.perf_counter()
+    seed = hyperparameters["seed"]
+    cells = mdata["rna"].obs_names
+    modalities = {}
+    for name, source, n_pcs in (
+        ("rna", mdata["rna"], hyperparameters["n_pcs_rna"]),
+        ("prot", mdata["adt"][cells], hyperparameters["n_pcs_protein"]),
+    ):
+        modality = ad.AnnData(X=_dense(source.X).astype(np.float32), obs=pd.DataFrame(index=cells))
+        n_comps = min(n_pcs, modality.n_vars - 1, modality.n_obs - 1)
+        sc.pp.pca(modality, n_comps=n_comps, random_state=seed)
+        sc.pp.neighbors(
+            modality,
+            n_neighbors=hyperparameters["n_neighbors_per_modality"],
+            use_rep="X_pca",
+            random_state=seed,
+        )
+        modalities[name] = modality
+    joint = md.MuData(modalities)
+    n_neighbors = min(hyperparameters["n_neighbors"], joint.n_obs - 1)
+    mu.pp.neighbors(joint, n_neighbors=n_neighbors, key_added="wnn", random_state=seed)
+    graph = graph_frame(joint.obsp["wnn_distances"], joint.obs_names, n_neighbors)
+    weights = {
+        name: round(float(joint.obs[f"{name}:mod_weight"].mean()), 4)
+        for name in modalities
+        if f"{name}:mod_weight" in joint.obs
+    }
+    model = RecipeModel({**hyperparameters, "mean_modality_weights": weights})
+    summary = _summary(
+        "wnn",
+        mdata,
+        hyperparameters,
+        started,
+        device="cpu",
+        final_training_loss=None,
+        n_epochs_trained=0,
+        mean_modality_weights=weights,
+    )
+    return model, graph, summary
+
+
+# --- controls: embeddings whose scores are known in advance, to read the others' against -----
+
+
+def _train_control(
+    mdata: md.MuData, hyperparameters: dict[str, Any], latent: np.ndarray
+) -> TrainingResult:
+    """A control has nothing trained: its settings are what is kept as its model."""
+    started = time.perf_counter()
+    model = RecipeModel(hyperparameters)
+    summary = _summary(
+        "control",
+        mdata,
+        hyperparameters,
+        started,
+        device="cpu",
+        final_training_loss=None,
+        n_epochs_trained=0,
+    )
+    return model, _embedding_frame(latent, mdata["rna"].obs_names), summary
+
+
+def train_random_gaussian(
+    mdata: md.MuData, hyperparameters: dict[str, Any], columns: dict[str, str]
+) -> TrainingResult:
+    """Negative control: independent standard normal coordinates, blind to the data."""
+    rng = np.random.default_rng(hyperparameters["seed"])
+    latent = rng.standard_normal((mdata["rna"].n_obs, hyperparameters["n_latent"]))
+    return _train_control(mdata, hyperparameters, latent)
+
+
+def _unintegrated_latent(mdata: md.MuData, hyperparameters: dict[str, Any]) -> np.ndarray:
+    """The ``pca_rna`` baseline's embedding, which the shuffling controls permute."""
+    _, embedding, _ = train_pca_rna(mdata, hyperparameters, {})
+    return embedding.to_numpy()
+
+
+def _shuffled_within(latent: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
+    """The rows of ``latent`` permuted among the cells of each group."""
+    rng = np.random.default_rng(seed)
+    shuffled = latent.copy()
+    for group in pd.unique(groups):
+        cells = np.flatnonzero(groups == group)
+        shuffled[cells] = latent[rng.permutation(cells)]
+    return shuffled
+
+
+def train_shuffled_cells(
+    mdata: md.MuData, hyperparameters: dict[str, Any], columns: dict[str, str]
+) -> TrainingResult:
+    """Negative control: the unintegrated embedding with its cells shuffled, so that the
+    geometry is realistic but no cell sits where its type or batch would put it."""
+    latent = _unintegrated_latent(mdata, hyperparameters)
+    groups = np.zeros(latent.shape[0], dtype=int)
+    shuffled = _shuffled_within(latent, groups, hyperparameters["seed"])
+    return _train_control(mdata, hyperparameters, shuffled)
+
+
+def train_shuffled_within_cell_types(
+    mdata: md.MuData, hyperparameters: dict[str, Any], columns: dict[str, str]
+) -> TrainingResult:
+    """Positive control for batch removal: the unintegrated embedding shuffled among the cells
+    of each cell type, so that batches mix perfectly within every type while the types keep
+    their place (Open Problems' "random integration by cell type")."""
+    latent = _unintegrated_latent(mdata, hyperparameters)
+    labels = mdata.obs.loc[mdata["rna"].obs_names, columns["label"]].astype(str).to_numpy()
+    shuffled = _shuffled_within(latent, labels, hyperparameters["seed"])
+    return _train_control(mdata, hyperparameters, shuffled)
+
+
+def train_cell_type_embedding(
+    mdata: md.MuData, hyperparameters: dict[str, Any], columns: dict[str, str]
+) -> TrainingResult:
+    """Positive control for bio conservation: the cell-type labels one-hot encoded, plus
+    uniform noise of ``jitter`` (0 for none) that breaks the ties between cells of a type."""
+    labels = mdata.obs.loc[mdata["rna"].obs_names, columns["label"]]
+    codes = labels.astype("category").cat.remove_unused_categories().cat.codes.to_numpy()
+    latent = np.zeros((codes.size, int(codes.max()) + 1))
+    labelled = codes >= 0  # unlabelled cells stay at the origin
+    latent[np.flatnonzero(labelled), codes[labelled]] = 1.0
+    jitter = float(hyperparameters.get("jitter", 0.0))
+    if jitter:
+        rng = np.random.default_rng(hyperparameters["seed"])
+        latent += rng.uniform(-jitter, jitter, latent.shape)
+    return _train_control(mdata, hyperparameters, latent)
+
+
 @contextlib.contextmanager
 def _reproducible_torch(enabled: bool) -> Iterator[None]:
     """Deterministic torch kernels while training, so that a seed gives identical numbers
@@ -305,61 +456,35 @@ def _reproducible_torch(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
 
 
-def parse_seeds(seeds: int | str | list[int]) -> list[int]:
-    """The ``seeds`` parameter as a list: a YAML list, one seed, or seeds separated by spaces
-    (``kedro run --params "seeds=0 1 2"``: Kedro splits ``--params`` at commas)."""
-    values = seeds.split() if isinstance(seeds, str) else seeds
-    values = values if isinstance(values, list | tuple) else [values]
-    if not all(
-        (isinstance(value, int) and not isinstance(value, bool))
-        or (isinstance(value, str) and value.strip().lstrip("-").isdigit())
-        for value in values
-    ):
-        raise ValueError(f"seeds: expected whole numbers, got {seeds!r}")
-    parsed = [int(value) for value in values]
-    if not parsed or any(seed < 0 for seed in parsed) or len(set(parsed)) != len(parsed):
-        raise ValueError(f"seeds: expected distinct non-negative whole numbers, got {seeds!r}")
-    return parsed
-
-
 def train_over_seeds(
-    trainer: Callable[..., TrainingResult],
+    method: Method,
     mdata: md.MuData,
     hyperparameters: dict[str, Any],
     seeds: int | str | list[int],
     columns: dict[str, str],
+    controls: dict[str, Any],
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
-    """Train a model once per seed, so that scores can be reported as mean and spread.
+    """Train a method once per seed, so that scores can be reported as mean and spread.
 
     Returns the models by ``seed_<n>``, the embeddings stacked under a ``seed`` index level
-    (``split_by_seed`` takes them apart) and one summary: means over seeds, and each run.
+    (``cite_bench.seeds.split_by_seed`` takes them apart) and one summary: means over seeds, and
+    each run. A method that does not apply (a control that needs labels on unlabelled data,
+    controls switched off) returns no model, an empty embedding and the reason.
     """
-    models, embeddings, runs = {}, [], []
+    reason = method.skip_reason(mdata.obs, columns, controls)
+    if reason:
+        logger.warning("Skipping %s: %s.", method.name, reason)
+        summary = {"method": method.name, "role": method.role, "skipped": reason}
+        return {}, stack_seeds({}), summary
+    models, embeddings, runs = {}, {}, []
     for seed in parse_seeds(seeds):
-        logger.info("Training %s with seed %d.", trainer.__name__, seed)
-        model, embedding, summary = trainer(mdata, {**hyperparameters, "seed": seed}, columns)
+        logger.info("Training %s with seed %d.", method.name, seed)
+        model, embedding, summary = method.train(mdata, {**hyperparameters, "seed": seed}, columns)
         models[f"seed_{seed}"] = model
-        embeddings.append(embedding)
+        embeddings[seed] = embedding
         runs.append(summary)
-    stacked = pd.concat(embeddings, keys=[run["seed"] for run in runs], names=[SEED_LEVEL])
-    return models, stacked, _summary_over_seeds(runs)
-
-
-def split_by_seed(embedding: pd.DataFrame) -> dict[int, pd.DataFrame]:
-    """The per-seed embeddings (indexed by barcode) of ``train_over_seeds``' stacked output."""
-    if SEED_LEVEL not in embedding.index.names:
-        raise ValueError(
-            f"Expected an embedding with a '{SEED_LEVEL}' index level, got {embedding.index.names}."
-        )
-    return {
-        int(seed): frame.droplevel(SEED_LEVEL)
-        for seed, frame in embedding.groupby(level=SEED_LEVEL, sort=False)
-    }
-
-
-def first_seed(embedding: pd.DataFrame) -> pd.DataFrame:
-    """The embedding of the first seed: the one drawn, and the unintegrated reference."""
-    return next(iter(split_by_seed(embedding).values()))
+    summary = {"method": method.name, "role": method.role, **_summary_over_seeds(runs)}
+    return models, stack_seeds(embeddings), summary
 
 
 def _summary_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -372,7 +497,6 @@ def _summary_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     first = runs[0]
     return {
-        "model": first["model"],
         "n_cells": first["n_cells"],
         "seeds": [run["seed"] for run in runs],
         "device": first["device"],
@@ -401,13 +525,3 @@ def _cupy_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-TRAINERS: dict[str, Callable[..., TrainingResult]] = {
-    "mofa": train_mofa,
-    "totalvi": train_totalvi,
-    "multigrate": train_multigrate,
-    # Baselines to beat: no batch correction.
-    "pca_rna": train_pca_rna,
-    "pca_rna_adt": train_pca_rna_adt,
-}

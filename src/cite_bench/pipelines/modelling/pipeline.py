@@ -1,25 +1,31 @@
-"""One template pipeline, instantiated per model under the ``modelling.<model>`` namespace."""
+"""One template pipeline, instantiated per method under the ``modelling.<method>`` namespace."""
 
-from collections.abc import Callable
+from __future__ import annotations
+
 from functools import partial
+from typing import TYPE_CHECKING
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import TRAINERS, TrainingResult, train_over_seeds
+from .nodes import train_over_seeds
+
+if TYPE_CHECKING:
+    from cite_bench.methods import Method
 
 
-def create_model_pipeline(model: str, trainer: Callable[..., TrainingResult]) -> Pipeline:
-    """Train one model on the shared MuData, once per seed; its outputs and parameters live in
-    its namespace, the seeds and column names are shared by all models."""
+def create_method_pipeline(method: Method) -> Pipeline:
+    """Train one method on the shared MuData, once per seed; its outputs and parameters live in
+    its namespace, the seeds, column names and the controls switch are shared by all."""
     template = Pipeline(
         [
             Node(
-                partial(train_over_seeds, trainer),
+                partial(train_over_seeds, method),
                 inputs=[
                     "cite_seq_mudata",
                     "params:hyperparameters",
                     "params:seeds",
                     "params:columns",
+                    "params:controls",
                 ],
                 outputs=["trained_model", "embedding", "training_summary"],
                 name="train",
@@ -28,15 +34,15 @@ def create_model_pipeline(model: str, trainer: Callable[..., TrainingResult]) ->
     )
     return Pipeline(
         template,
-        namespace=f"modelling.{model}",
+        namespace=f"modelling.{method.name}",
         inputs={"cite_seq_mudata"},
-        parameters={"params:seeds", "params:columns"},
-        tags=["modelling", model],
+        parameters={"params:seeds", "params:columns", "params:controls"},
+        tags=["modelling", method.name, method.role],
     )
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return sum(
-        (create_model_pipeline(model, trainer) for model, trainer in TRAINERS.items()),
-        Pipeline([]),
-    )
+    # The registry imports this package's trainers: read it when the pipeline is built.
+    from cite_bench.methods import METHODS
+
+    return sum((create_method_pipeline(method) for method in METHODS.values()), Pipeline([]))

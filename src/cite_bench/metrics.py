@@ -1,0 +1,290 @@
+"""The metrics, each listed once: a small function, its group, what it needs, its name.
+
+In the style of scib-metrics' ``BioConservation`` / ``BatchCorrection``: every metric is a
+function of one ``ScoringData`` (an embedding with its cells, and the work metrics share:
+neighbours, Leiden clusterings, silhouettes), registered in ``METRICS`` with its group (bio
+conservation or batch correction), what it needs from the data and its display name. Scoring,
+tables, the "skipped: ..." notes, tracking keys, figures and the benchmark all read this
+registry; presets (``evaluation.metrics``) choose which metrics run.
+
+Adding a metric: write the function here, add one ``Metric`` to ``METRICS`` (and to a preset if
+it should be in one), and test it in ``tests/test_metrics.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from cite_bench.scoring import (
+    MetricNotApplicable,
+    ScoringData,
+    cell_cycle_conservation,
+)
+from cite_bench.scoring import isolated_label_f1 as isolated_label_f1_score
+
+Group = Literal["bio", "batch"]
+# What a metric can need; each missing requirement gives a "skipped: ..." note.
+LABELS = "labels"  # cell-type labels (scored on the labelled cells)
+BATCHES = "batches"  # two batches or more
+PHASE = "phase"  # a cell-cycle phase column
+REFERENCE = "reference"  # the unintegrated embedding to compare with (not the method itself)
+EMBEDDING = "embedding"  # coordinates, not only a cell graph
+# In the order their absence is reported: the first unmet one is named.
+REQUIREMENTS = (EMBEDDING, LABELS, BATCHES, PHASE, REFERENCE)
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # in tables and tracking
+    name: str  # for people
+    group: Group
+    compute: Callable[[ScoringData], float]
+    needs: frozenset[str]
+    description: str = ""
+
+
+# --- bio conservation ---------------------------------------------------------------------
+
+
+def ari(data: ScoringData) -> float:
+    """Adjusted Rand index of the labels and the Leiden clusters that best match them."""
+    import scib
+
+    label = data.columns["label"]
+    return float(scib.me.ari(data.graph, cluster_key=data.optimal_clusters, label_key=label))
+
+
+def nmi(data: ScoringData) -> float:
+    """Normalised mutual information of the labels and the best-matching Leiden clusters."""
+    import scib
+
+    label = data.columns["label"]
+    return float(scib.me.nmi(data.graph, cluster_key=data.optimal_clusters, label_key=label))
+
+
+def asw_label(data: ScoringData) -> float:
+    """Cell-type silhouette, scaled to [0, 1] (scib's ``silhouette``)."""
+    return data.silhouettes["asw_label"]
+
+
+def isolated_label_asw(data: ScoringData) -> float:
+    """Silhouette of the labels found in the fewest batches (scib's ``isolated_labels_asw``)."""
+    _require_isolated_labels(data)
+    return data.silhouettes["isolated_label_asw"]
+
+
+def isolated_label_f1(data: ScoringData) -> float:
+    """Best F1 of a Leiden cluster against each isolated label (scib's definition)."""
+    _require_isolated_labels(data)
+    columns, clusterings = data.columns, data.clusterings
+    with data.profile("isolated_label_f1"):
+        return isolated_label_f1_score(
+            data.adata.obs, columns["label"], columns["batch"], clusterings
+        )
+
+
+def clisi(data: ScoringData) -> float:
+    """Graph cLISI (scib-metrics): how pure each cell's neighbourhood is in cell types."""
+    import scib_metrics
+
+    return float(scib_metrics.clisi_knn(data.neighbours, data.labels))
+
+
+def cell_cycle(data: ScoringData) -> float:
+    """Cell-cycle conservation (scib's definition, the annotated phase as covariate)."""
+    phase = data.columns["phase"]
+    with data.profile("cell_cycle"):
+        value = cell_cycle_conservation(
+            data.embedding, data.reference, data.adata.obs[phase], data.batches
+        )
+    if np.isnan(value):
+        raise MetricNotApplicable("no batch has cells in two cell-cycle phases or more")
+    return value
+
+
+# --- batch correction ---------------------------------------------------------------------
+
+
+def graph_connectivity(data: ScoringData) -> float:
+    """How connected each cell type's kNN subgraph is (scib's ``graph_connectivity``)."""
+    import scib
+
+    with data.profile("graph_connectivity"):
+        return float(scib.me.graph_connectivity(data.graph, label_key=data.columns["label"]))
+
+
+def asw_batch(data: ScoringData) -> float:
+    """Batch silhouette within cell types, 1 - |ASW| (scib's ``silhouette_batch``)."""
+    return data.silhouettes["asw_batch"]
+
+
+def ilisi(data: ScoringData) -> float:
+    """Graph iLISI (scib-metrics): how mixed each cell's neighbourhood is in batches."""
+    import scib_metrics
+
+    with data.profile("ilisi"):
+        return float(scib_metrics.ilisi_knn(data.neighbours, data.batches))
+
+
+def kbet(data: ScoringData) -> float:
+    """kBET acceptance rate per cell type (scib-metrics' ``kbet_per_label``)."""
+    import scib_metrics
+
+    with data.profile("kbet"):
+        return float(scib_metrics.kbet_per_label(data.neighbours, data.batches, data.labels))
+
+
+def pcr_comparison(data: ScoringData) -> float:
+    """Batch variance explained by principal components, after against before integration."""
+    import scib_metrics
+
+    with data.profile("pcr_comparison"):
+        return float(
+            scib_metrics.pcr_comparison(
+                data.reference, data.embedding, data.batches, scale=True, categorical=True
+            )
+        )
+
+
+def _require_isolated_labels(data: ScoringData) -> None:
+    if not data.isolated_labels:
+        raise MetricNotApplicable("every label occurs in the same number of batches")
+
+
+def _needs(*requirements: str) -> frozenset[str]:
+    return frozenset(requirements)
+
+
+# The published table's five first, in its order; then the rest of each group.
+METRICS: dict[str, Metric] = {
+    metric.key: metric
+    for metric in (
+        Metric("ari", "ARI", "bio", ari, _needs(LABELS)),
+        Metric("nmi", "NMI", "bio", nmi, _needs(LABELS)),
+        Metric("asw_label", "ASW", "bio", asw_label, _needs(LABELS, EMBEDDING)),
+        Metric(
+            "graph_connectivity",
+            "Graph connectivity",
+            "batch",
+            graph_connectivity,
+            # With one batch there is no batch effect to correct: it would stand alone for
+            # batch correction and read as a batch score.
+            _needs(LABELS, BATCHES),
+        ),
+        Metric(
+            "isolated_label_asw",
+            "Isolated label ASW",
+            "bio",
+            isolated_label_asw,
+            _needs(LABELS, EMBEDDING),
+        ),
+        Metric("isolated_label_f1", "Isolated label F1", "bio", isolated_label_f1, _needs(LABELS)),
+        Metric("clisi", "Graph cLISI", "bio", clisi, _needs(LABELS)),
+        Metric(
+            "cell_cycle",
+            "Cell-cycle conservation",
+            "bio",
+            cell_cycle,
+            _needs(PHASE, REFERENCE, EMBEDDING),
+        ),
+        Metric("asw_batch", "Batch ASW", "batch", asw_batch, _needs(LABELS, BATCHES, EMBEDDING)),
+        Metric("ilisi", "Graph iLISI", "batch", ilisi, _needs(BATCHES)),
+        Metric("kbet", "kBET", "batch", kbet, _needs(LABELS, BATCHES)),
+        Metric(
+            "pcr_comparison",
+            "PCR comparison",
+            "batch",
+            pcr_comparison,
+            _needs(BATCHES, REFERENCE, EMBEDDING),
+        ),
+    )
+}
+
+# Which metrics run (``evaluation.metrics``): a preset's name or a list of metric keys.
+PRESETS: dict[str, tuple[str, ...]] = {
+    # The five of the published NeurIPS 2021 table.
+    "published": ("ari", "nmi", "asw_label", "graph_connectivity", "isolated_label_asw"),
+    # scib's full set (as far as it applies to embeddings of CITE-seq data).
+    "scib": tuple(METRICS),
+    # Without kBET and LISI, the slowest at scale.
+    "fast": tuple(key for key in METRICS if key not in {"kbet", "ilisi", "clisi"}),
+}
+
+GROUPS: dict[Group, str] = {"bio": "Bio conservation", "batch": "Batch correction"}
+BIO_WEIGHT = 0.6  # scib: overall = 0.6 bio conservation + 0.4 batch correction
+AGGREGATES: dict[str, str] = {
+    "bio_conservation": "Bio conservation",
+    "batch_correction": "Batch correction",
+    "overall": "Overall (0.6 bio + 0.4 batch)",
+}
+SKIPPED = "skipped: "  # notes of metrics that do not apply, which aggregates leave out
+
+
+def select_metrics(selection: str | Sequence[str]) -> list[Metric]:
+    """The metrics a preset name or a list of keys names, in registry order."""
+    if isinstance(selection, str):
+        if selection not in PRESETS:
+            raise ValueError(
+                f"evaluation.metrics: unknown preset '{selection}' (presets: "
+                f"{', '.join(PRESETS)}; or a list of metric keys)"
+            )
+        keys = PRESETS[selection]
+    else:
+        keys = list(selection)
+        unknown = [key for key in keys if key not in METRICS]
+        if unknown or not keys:
+            raise ValueError(
+                f"evaluation.metrics: unknown metrics {unknown} (known: {', '.join(METRICS)})"
+            )
+    return [metric for key, metric in METRICS.items() if key in keys]
+
+
+def display_name(key: str) -> str:
+    """A metric's or an aggregate's name for people."""
+    if key in METRICS:
+        return METRICS[key].name
+    return AGGREGATES.get(key, key)
+
+
+def keys_in_order(keys: Iterable[str]) -> list[str]:
+    """Metric and aggregate keys in table order: registry order, aggregates last."""
+    present = set(keys)
+    ordered = [key for key in [*METRICS, *AGGREGATES] if key in present]
+    return ordered + sorted(present - set(ordered))
+
+
+def aggregate(values: Mapping[str, float], excluded: Mapping[str, str]) -> dict[str, tuple]:
+    """scib's aggregates: the mean of each group, and 0.6 bio + 0.4 batch.
+
+    Metrics in ``excluded`` (those that do not apply, with the reason) are left out. A metric
+    that applies but has no value (NaN) counts as 0, the worst score, so that a failure can
+    never raise an aggregate above a method whose metrics were all computed; the note says so.
+    Returns ``{aggregate key: (value, note)}``.
+    """
+    result: dict[str, tuple] = {}
+    group_scores = {}
+    for group, aggregate_key in (("bio", "bio_conservation"), ("batch", "batch_correction")):
+        keys = [k for k in values if k in METRICS and METRICS[k].group == group]
+        counted = [k for k in keys if k not in excluded]
+        if not counted:
+            group_scores[group] = np.nan
+            result[aggregate_key] = (np.nan, f"{SKIPPED}no {GROUPS[group].lower()} metric applies")
+            continue
+        missing = [k for k in counted if not np.isfinite(values[k])]
+        scores = [0.0 if k in missing else float(values[k]) for k in counted]
+        group_scores[group] = float(np.mean(scores))
+        note = (
+            f"incomplete: {', '.join(display_name(k) for k in missing)} could not be computed "
+            "and count as 0"
+            if missing
+            else ""
+        )
+        result[aggregate_key] = (group_scores[group], note)
+    overall = BIO_WEIGHT * group_scores["bio"] + (1 - BIO_WEIGHT) * group_scores["batch"]
+    notes = [result[k][1] for k in ("bio_conservation", "batch_correction") if result[k][1]]
+    result["overall"] = (overall, "; ".join(notes))
+    return result

@@ -1,0 +1,99 @@
+"""The metric registry: presets, aggregates, and adding a metric in one place."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cite_bench import metrics
+from cite_bench.metrics import (
+    LABELS,
+    METRICS,
+    PRESETS,
+    Metric,
+    aggregate,
+    display_name,
+    select_metrics,
+)
+from cite_bench.pipelines.evaluation.figures import plot_metric_summary
+from cite_bench.pipelines.evaluation.nodes import (
+    format_metrics_table,
+    score_embedding,
+    tabulate_metrics,
+)
+from cite_bench.seeds import stack_seeds
+from cite_bench.tracking import metric_values
+
+from .pipelines.evaluation.test_nodes import PARAMS, _cells, _embedding
+
+
+def test_every_metric_is_described_once():
+    assert len({metric.name for metric in METRICS.values()}) == len(METRICS)
+    assert {metric.group for metric in METRICS.values()} == {"bio", "batch"}
+    for metric in METRICS.values():
+        assert metric.needs <= set(metrics.REQUIREMENTS)
+        assert metric.compute.__doc__, f"{metric.key} needs a docstring saying what it measures"
+    # The published table's five come first, in its order.
+    assert list(METRICS)[:5] == list(PRESETS["published"])
+
+
+def test_presets_and_lists_select_metrics():
+    assert [m.key for m in select_metrics("scib")] == list(METRICS)
+    assert "kbet" not in [m.key for m in select_metrics("fast")]
+    assert [m.key for m in select_metrics(["nmi", "ari"])] == ["ari", "nmi"]  # registry order
+    with pytest.raises(ValueError, match="unknown preset 'all'"):
+        select_metrics("all")
+    with pytest.raises(ValueError, match=r"unknown metrics \['nmi2'\]"):
+        select_metrics(["nmi2"])
+
+
+def test_aggregates_follow_scib_weights():
+    values = {"ari": 0.8, "nmi": 0.6, "ilisi": 0.5, "kbet": 0.3}
+    scores = aggregate(values, excluded={})
+    assert scores["bio_conservation"][0] == pytest.approx(0.7)
+    assert scores["batch_correction"][0] == pytest.approx(0.4)
+    assert scores["overall"][0] == pytest.approx(0.6 * 0.7 + 0.4 * 0.4)
+
+
+def test_a_failed_metric_counts_as_zero_and_an_excluded_one_not_at_all():
+    values = {"ari": 0.8, "nmi": np.nan, "ilisi": 0.5, "kbet": np.nan}
+    scores = aggregate(values, excluded={"kbet": "skipped: only one batch"})
+    assert scores["bio_conservation"][0] == pytest.approx(0.4)  # (0.8 + 0) / 2
+    assert "NMI could not be computed" in scores["bio_conservation"][1]
+    assert scores["batch_correction"] == (0.5, "")
+
+
+def test_a_metric_added_to_the_registry_reaches_table_tracking_and_figure(monkeypatch, columns):
+    """Adding a metric is one function and one registry entry: scoring, the tables, the
+    tracking keys and the summary figure pick it up with no other change."""
+
+    def label_count_ratio(data) -> float:
+        """Toy metric: distinct labels per 100 cells."""
+        return len(set(data.labels)) / data.n_cells * 100
+
+    toy = Metric("toy", "Toy ratio", "bio", label_count_ratio, frozenset({LABELS}))
+    monkeypatch.setitem(metrics.METRICS, "toy", toy)
+    monkeypatch.setitem(metrics.PRESETS, "toy_only", ("nmi", "toy"))
+    params = {**PARAMS, "metrics": "toy_only"}
+    cells = _cells()
+    scored = score_embedding(_embedding(cells, 5), None, cells, params, columns)
+    assert list(scored["metric"]) == ["nmi", "toy"]
+    assert scored.set_index("metric").loc["toy", "value"] == pytest.approx(4 / 240 * 100)
+
+    def method_scores(embedding: pd.DataFrame) -> pd.DataFrame:
+        return score_embedding(embedding, None, cells, params, columns).assign(seed=0)
+
+    table = tabulate_metrics(
+        params,
+        random_gaussian=method_scores(_embedding(cells, 0.0, seed=3)),
+        cell_type_embedding=method_scores(_embedding(cells, 50)),
+        totalvi=method_scores(_embedding(cells, 3)),
+    )
+    assert "| Toy ratio |" in format_metrics_table(table, params)
+    logged = metric_values(table[table["method"] == "totalvi"])
+    assert {"toy", "toy_scaled", "bio_conservation"} <= set(logged)
+    figure = plot_metric_summary(table, params)
+    labels = [tick.get_text() for tick in figure.get_axes()[0].get_xticklabels()]
+    assert display_name("toy") in labels
+    assert stack_seeds({}).empty
