@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import anndata as ad
@@ -89,6 +91,18 @@ def project(tmp_path, monkeypatch) -> Path:
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def kedro_cli(project_path: Path, *arguments: str) -> subprocess.CompletedProcess:
+    """``kedro <arguments>`` in a subprocess, as a user types it, with telemetry off."""
+    return subprocess.run(
+        [sys.executable, "-m", "kedro", *arguments],
+        check=False,
+        cwd=project_path,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"},
+        capture_output=True,
+        text=True,
+    )
 
 
 def run_kedro(project_path: Path, env: str | None = None, **run_kwargs) -> dict:

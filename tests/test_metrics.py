@@ -97,3 +97,24 @@ def test_a_metric_added_to_the_registry_reaches_table_tracking_and_figure(monkey
     labels = [tick.get_text() for tick in figure.get_axes()[0].get_xticklabels()]
     assert display_name("toy") in labels
     assert stack_seeds({}).empty
+
+
+def test_a_metric_that_fails_numerically_is_reported_and_counts_as_zero(monkeypatch, columns):
+    from cite_bench.scoring import MetricNotComputable
+
+    def diverges(data) -> float:
+        """Toy metric whose computation fails."""
+        raise MetricNotComputable("the diffusion map did not converge")
+
+    monkeypatch.setitem(
+        metrics.METRICS, "ilisi", Metric("ilisi", "Graph iLISI", "batch", diverges, frozenset())
+    )
+    cells = _cells()
+    params = {**PARAMS, "metrics": ["nmi", "ilisi"]}
+    scored = score_embedding(_embedding(cells, 5), None, cells, params, columns)
+    ilisi = scored.set_index("metric").loc["ilisi"]
+    assert np.isnan(ilisi["value"])
+    assert ilisi["note"] == "not computable: the diffusion map did not converge"
+    table = tabulate_metrics(params, totalvi=scored.assign(seed=0)).set_index("metric")
+    assert table.loc["batch_correction", "value"] == 0
+    assert table.loc["batch_correction", "note"].startswith("incomplete: Graph iLISI")

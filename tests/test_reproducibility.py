@@ -24,7 +24,7 @@ from .conftest import PROJECT_ROOT
 
 # The README's stated tolerance between machines, per metric row of the demo table; metrics not
 # named here are held to DEFAULT_TOLERANCE.
-TOLERANCE = {"Isolated label F1": 0.1}
+TOLERANCE = {"Isolated label F1": 0.15}
 DEFAULT_TOLERANCE = 0.05
 
 _BASELINES = """

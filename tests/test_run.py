@@ -18,7 +18,7 @@ from cite_bench.methods import METHODS
 from cite_bench.metrics import AGGREGATES, METRICS
 from cite_bench.seeds import split_by_seed
 
-from .conftest import FAST_TRAINING, run_kedro
+from .conftest import FAST_TRAINING, kedro_cli, run_kedro
 from .test_tracking import check_run_layout
 
 DEMO = {"demo": {"n_cells": 600, "n_genes": 400, "n_proteins": 20, "seed": 0}}
@@ -75,6 +75,54 @@ def test_default_run_on_the_demo(project):
     check_run_layout(f"sqlite:///{project / 'mlflow.db'}", pd.read_parquet(outputs["table"]))
     assert table.shape == (len(METRICS) + len(AGGREGATES), len(METHODS))
     check_controls(pd.read_parquet(outputs["table"]))
+    check_graph_method(project, pd.read_parquet(outputs["table"]))
+    check_external_method_with_one_command(project, outputs)
+
+
+def check_graph_method(project: Path, table: pd.DataFrame) -> None:
+    """WNN's graph metrics are filled, its embedding metrics n/a with the reason; its UMAP is
+    drawn from its graph."""
+    wnn = table[table["method"] == "wnn"].set_index("metric")
+    graph_metrics = ["ari", "nmi", "graph_connectivity", "isolated_label_f1", "clisi", "ilisi"]
+    assert wnn.loc[graph_metrics, "value"].notna().all()
+    for key in ("asw_label", "asw_batch", "pcr_comparison"):
+        assert np.isnan(wnn.loc[key, "value"])
+        assert wnn.loc[key, "note"] == "skipped: the method outputs a cell graph, not an embedding"
+    assert np.isfinite(wnn.loc["overall", "value"])
+    umap = pd.read_parquet(project / "data/08_reporting/demo/umap/wnn.parquet")
+    assert umap.shape == (600, 2) and np.isfinite(umap.to_numpy()).all()
+
+
+def check_external_method_with_one_command(project: Path, outputs: dict[str, Path]) -> None:
+    """An embedding in a prediction file (X, barcodes as obs_names) is scored on the finished
+    run with one command, exactly as the trained method that made it."""
+    import anndata as ad
+
+    embedding = split_by_seed(pd.read_parquet(outputs["pca_rna_adt"]))[0]
+    path = project / "prediction.h5ad"
+    ad.AnnData(X=embedding.to_numpy(), obs=pd.DataFrame(index=embedding.index)).write_h5ad(path)
+    result = kedro_cli(
+        project, "run", "--pipeline", "external", "--params", f"external.copy={path}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_parquet(outputs["table"]).set_index(["method", "metric"])
+    copy, trained = table.loc["copy"], table.loc["pca_rna_adt"]
+    assert (copy["role"] == "external").all()
+    pd.testing.assert_series_equal(copy["value"], trained["value"], rtol=1e-5)
+    pd.testing.assert_series_equal(copy["scaled"], trained["scaled"], rtol=1e-5)
+    assert "copy" in outputs["markdown"].read_text()
+    # Its own MLflow child run, with the file's checksum.
+    from mlflow.tracking import MlflowClient
+
+    from cite_bench.datasets import file_sha256
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cite-bench")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.model = 'copy'")
+    assert run.data.tags["role"] == "external"
+    assert run.data.tags["sha256"] == file_sha256(path)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["nmi"] == pytest.approx(copy.loc["nmi", "value"])
 
 
 def check_controls(table: pd.DataFrame) -> None:

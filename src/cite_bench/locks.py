@@ -16,6 +16,7 @@ find it dead) and wrong after pid reuse.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -66,12 +67,15 @@ def describe_holder(holder: dict[str, Any]) -> str:
 
 
 def _this_process() -> dict[str, Any]:
+    program = Path(sys.argv[0])
+    # `python -m kedro run` shows as ".../kedro/__main__.py": name the module instead.
+    name = f"python -m {program.parent.name}" if program.name == "__main__.py" else program.name
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         # Command lines can carry URLs with credentials (--url, --params tracking_uri=...).
-        "command": redact(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])),
+        "command": redact(" ".join([name, shlex.join(sys.argv[1:])]).strip()),
     }
 
 
@@ -225,6 +229,9 @@ class RunLockHook:
                 f"Wait for it to finish, or stop it (lock file: '{exc.path}')."
             ) from None
         self._lock = lock
+        # Kedro calls no hook when a run ends by KeyboardInterrupt or SystemExit: release at
+        # exit then too, so that only a kill leaves the file (which the next run takes over).
+        atexit.register(lock.release)
         if left_behind:
             logger.warning(
                 "Taking over the lock of dataset '%s' from a run that ended without releasing "

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 from cite_bench.scoring import (
     MetricNotApplicable,
+    MetricNotComputable,
     ScoringData,
     cell_cycle_conservation,
 )
@@ -52,18 +54,31 @@ class Metric:
 
 def ari(data: ScoringData) -> float:
     """Adjusted Rand index of the labels and the Leiden clusters that best match them."""
-    import scib
-
-    label = data.columns["label"]
-    return float(scib.me.ari(data.graph, cluster_key=data.optimal_clusters, label_key=label))
+    return data.mean_over_leiden_seeds(
+        "ari", lambda clusters: _against_labels(data, "ari", clusters)
+    )
 
 
 def nmi(data: ScoringData) -> float:
     """Normalised mutual information of the labels and the best-matching Leiden clusters."""
+    return data.mean_over_leiden_seeds(
+        "nmi", lambda clusters: _against_labels(data, "nmi", clusters)
+    )
+
+
+def _against_labels(data: ScoringData, name: str, clusters: np.ndarray) -> float:
+    """scib's ``ari`` or ``nmi`` of the labels and one clustering."""
     import scib
 
-    label = data.columns["label"]
-    return float(scib.me.nmi(data.graph, cluster_key=data.optimal_clusters, label_key=label))
+    adata = data.graph
+    adata.obs["_clusters"] = pd.Categorical(clusters)
+    try:
+        score = getattr(scib.me, name)(
+            adata, cluster_key="_clusters", label_key=data.columns["label"]
+        )
+    finally:
+        del adata.obs["_clusters"]
+    return float(score)
 
 
 def asw_label(data: ScoringData) -> float:
@@ -80,11 +95,16 @@ def isolated_label_asw(data: ScoringData) -> float:
 def isolated_label_f1(data: ScoringData) -> float:
     """Best F1 of a Leiden cluster against each isolated label (scib's definition)."""
     _require_isolated_labels(data)
-    columns, clusterings = data.columns, data.clusterings
+    label, batch = data.columns["label"], data.columns["batch"]
+    by_seed = data.clusterings_by_seed
     with data.profile("isolated_label_f1"):
-        return isolated_label_f1_score(
-            data.adata.obs, columns["label"], columns["batch"], clusterings
-        )
+        scores = [
+            isolated_label_f1_score(data.adata.obs, label, batch, clusterings)
+            for clusterings in by_seed.values()
+        ]
+    if len(scores) > 1:
+        data.leiden_spread["isolated_label_f1"] = float(np.std(scores, ddof=1))
+    return float(np.mean(scores))
 
 
 def clisi(data: ScoringData) -> float:
@@ -133,9 +153,14 @@ def ilisi(data: ScoringData) -> float:
 def kbet(data: ScoringData) -> float:
     """kBET acceptance rate per cell type (scib-metrics' ``kbet_per_label``)."""
     import scib_metrics
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence
 
     with data.profile("kbet"):
-        return float(scib_metrics.kbet_per_label(data.neighbours, data.batches, data.labels))
+        try:
+            return float(scib_metrics.kbet_per_label(data.neighbours, data.batches, data.labels))
+        except (ArpackError, ArpackNoConvergence) as exc:
+            # Its per-label diffusion map can fail on degenerate geometry (identical points).
+            raise MetricNotComputable(f"kBET's diffusion map failed ({exc})") from exc
 
 
 def pcr_comparison(data: ScoringData) -> float:

@@ -103,6 +103,7 @@ class Evaluation(_Block):
     lisi_neighbors: int = Field(ge=2)
     leiden_resolutions: tuple[PositiveFloat, PositiveFloat, PositiveInt]
     leiden_flavor: Literal["igraph", "leidenalg"]
+    leiden_seeds: list[int] = Field(min_length=1)
     seed: int = Seed
 
     @field_validator("metrics")

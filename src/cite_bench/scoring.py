@@ -36,6 +36,12 @@ class MetricNotApplicable(Exception):  # noqa: N818 - reads as what it is: a rea
     """A metric that does not apply to these data; the message says why."""
 
 
+class MetricNotComputable(Exception):  # noqa: N818
+    """A metric that applies but failed numerically on this embedding (e.g. a diffusion map
+    that does not converge on a degenerate geometry); the message says why. It counts as a
+    failure: 0 in the aggregates."""
+
+
 def embedding_anndata(embedding: pd.DataFrame, cells: pd.DataFrame) -> ad.AnnData:
     """Pair an embedding with the cell annotations, refusing any mismatch of barcodes."""
     missing = embedding.index.difference(cells.index)
@@ -173,30 +179,54 @@ class ScoringData:
         return self.adata
 
     @cached_property
-    def clusterings(self) -> list[np.ndarray]:
-        """Leiden clusters at every resolution of ``leiden_resolutions``."""
+    def leiden_seeds(self) -> list[int]:
+        """Leiden is randomised: ARI, NMI and isolated-label F1 are means over these seeds."""
+        return [int(seed) for seed in self.params.get("leiden_seeds") or [self.params["seed"]]]
+
+    @cached_property
+    def clusterings_by_seed(self) -> dict[int, list[np.ndarray]]:
+        """Leiden clusters at every resolution of ``leiden_resolutions``, per Leiden seed."""
         resolutions = np.linspace(*self.params["leiden_resolutions"]).round(3).tolist()
         graph = self.graph
         with self.profile("leiden"):
-            return leiden_clusterings(graph, resolutions, leiden_arguments(self.params))
+            return {
+                seed: leiden_clusterings(
+                    graph, resolutions, leiden_arguments({**self.params, "seed": seed})
+                )
+                for seed in self.leiden_seeds
+            }
 
     @cached_property
-    def optimal_clusters(self) -> str:
-        """The obs column of the clustering whose NMI with the labels is highest (the first of
+    def optimal_clusterings(self) -> dict[int, np.ndarray]:
+        """Per Leiden seed, the clustering whose NMI with the labels is highest (the first of
         equals), as scib's ``cluster_optimal_resolution`` keeps it for ARI and NMI."""
         import scib
 
         adata, label = self.graph, self.columns["label"]
-        clusterings = self.clusterings
+        by_seed = self.clusterings_by_seed
+        best = {}
         with self.profile("optimal_resolution"):
-            best_nmi = -1.0
-            for clusters in clusterings:
-                adata.obs["_candidate"] = pd.Categorical(clusters)
-                score = scib.me.nmi(adata, cluster_key="_candidate", label_key=label)
-                if score > best_nmi:
-                    best_nmi, adata.obs[CLUSTER_KEY] = score, adata.obs["_candidate"]
+            for seed, clusterings in by_seed.items():
+                best_nmi = -1.0
+                for clusters in clusterings:
+                    adata.obs["_candidate"] = pd.Categorical(clusters)
+                    score = scib.me.nmi(adata, cluster_key="_candidate", label_key=label)
+                    if score > best_nmi:
+                        best_nmi, best[seed] = score, clusters
             del adata.obs["_candidate"]
-        return CLUSTER_KEY
+        return best
+
+    def mean_over_leiden_seeds(self, key: str, score: Callable[[np.ndarray], float]) -> float:
+        """The mean of ``score(optimal clusters)`` over the Leiden seeds; the spread is kept in
+        ``leiden_spread[key]`` (with two seeds or more) for the metric's note."""
+        values = [score(clusters) for clusters in self.optimal_clusterings.values()]
+        if len(values) > 1:
+            self.leiden_spread[key] = float(np.std(values, ddof=1))
+        return float(np.mean(values))
+
+    @cached_property
+    def leiden_spread(self) -> dict[str, float]:
+        return {}
 
     @cached_property
     def isolated_labels(self) -> list[str]:
@@ -224,6 +254,11 @@ def nearest_neighbours(matrix: np.ndarray, n_neighbors: int) -> Any:
 
     k = min(n_neighbors, matrix.shape[0] - 1)
     distances, indices = NearestNeighbors(n_neighbors=k).fit(matrix).kneighbors(matrix)
+    # A brute-force search (sklearn's choice above 15 dimensions) computes |x|^2 - 2x.y + |y|^2,
+    # which leaves rounding noise (~1e-7, CPU-dependent) instead of 0 as a cell's distance to
+    # itself; UMAP's connectivities would take it for the nearest neighbour's distance and
+    # reweight that cell's edges. scanpy zeroes it after its own search; so do we.
+    distances[indices == np.arange(indices.shape[0])[:, None]] = 0
     return NeighborsResults(indices=indices, distances=distances)
 
 

@@ -43,6 +43,7 @@ from cite_bench.seeds import parse_seeds
 logger = logging.getLogger(__name__)
 
 MODELLING = "modelling"
+EXTERNAL_NODE = "score_external_embeddings"
 EVALUATION = "evaluation"
 # Environment switches, above the configuration file and below `--params tracking.*`.
 FIGURES = {"umap_figure": "umap.png", "metrics_summary_figure": "metrics_summary.png"}
@@ -296,9 +297,11 @@ class MlflowTrackingHook:
         except KeyError:
             self._conf = {}
         try:
-            self._dataset = context.config_loader["globals"].get("dataset", "unknown")
+            globals_ = context.config_loader["globals"]
         except KeyError:
-            self._dataset = "unknown"
+            globals_ = {}
+        self._dataset = globals_.get("dataset", "unknown")
+        self._external = dict(globals_.get("external") or {})
         self._env = context.env
 
     @hook_impl
@@ -357,7 +360,7 @@ class MlflowTrackingHook:
         seeds = " ".join(str(seed) for seed in parse_seeds(self._params.get("seeds", [0])))
         shared_params["seeds"] = seeds
         self._log_params(self._parent, shared_params)
-        for model in models_in(pipeline):
+        for model in [*models_in(pipeline), *self._external_methods(run_params, pipeline)]:
             hyperparameters = (
                 self._params.get(MODELLING, {}).get(model, {}).get("hyperparameters", {})
             )
@@ -379,8 +382,28 @@ class MlflowTrackingHook:
                 child.info.run_id, {**shared_params, **flatten(hyperparameters, "model.")}
             )
 
+    def _external_methods(self, run_params: dict[str, Any], pipeline: Pipeline) -> list[str]:
+        """Users' own methods scored in this run (``external``), each a child run of its own."""
+        if EXTERNAL_NODE not in {node.name for node in pipeline.nodes}:
+            return []
+        runtime = (run_params.get("runtime_params") or {}).get("external")
+        return list(runtime or self._external)
+
     @hook_impl
     def after_dataset_loaded(self, dataset_name: str, data: Any) -> None:
+        if dataset_name == "external_embeddings":
+            # What was scored, exactly: the file and its checksum.
+            for name, item in data.items():
+                if self._client is not None and name in self._children:
+                    run_id = self._children[name]
+                    self._safely(
+                        f"{name} file",
+                        lambda r=run_id, i=item: (
+                            self._client.set_tag(r, "sha256", i.sha256),
+                            self._client.set_tag(r, "source_file", i.path),
+                        ),
+                        run_id,
+                    )
         if dataset_name == "cell_metadata":
             self._tag_cell_count(len(data))
         elif dataset_name.endswith(".embedding"):

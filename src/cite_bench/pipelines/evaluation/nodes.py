@@ -41,6 +41,7 @@ from cite_bench.scoring import (
     CLUSTER_KEY,
     EMBEDDING_KEY,
     MetricNotApplicable,
+    MetricNotComputable,
     Profiler,
     ScoringData,
     embedding_anndata,
@@ -52,7 +53,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CLUSTER_KEY", "EMBEDDING_KEY", "Profiler", "embedding_anndata"]  # for reference.py
 TABLE_COLUMNS = ["method", "role", "seed", "metric", "value", "scaled", "note", "scaled_note"]
-RANK_BY = {"scaled": "scaled", "raw": "value"}
+# Notes on values that were computed, kept in the table but not repeated under the markdown.
+LEIDEN_NOTE = "mean over"
 
 
 def compute_metrics(
@@ -126,8 +128,17 @@ def score_embedding(
                 value = float(metric.compute(target))
             except MetricNotApplicable as reason:
                 note = f"{SKIPPED}{reason}"
+            except MetricNotComputable as reason:
+                logger.warning("%s could not be computed: %s", metric.name, reason)
+                note = f"not computable: {reason}"
+            notes = []
             if target is not data and not note:
-                note = f"on the {target.n_cells} of {data.n_cells} cells with a label"
+                notes.append(f"on the {target.n_cells} of {data.n_cells} cells with a label")
+            if metric.key in target.leiden_spread:
+                spread = target.leiden_spread[metric.key]
+                seeds = len(target.leiden_seeds)
+                notes.append(f"{LEIDEN_NOTE} {seeds} Leiden seeds (SD {spread:.3f})")
+            note = note or "; ".join(notes)
             if np.isnan(value) and not note:
                 note = "not computable on this embedding"
         rows.append({"metric": metric.key, "value": value, "note": note})
@@ -352,16 +363,29 @@ def _markdown_table(summary: pd.DataFrame, methods: Sequence[str], mean: str, sp
 
 
 def _notes(summary: pd.DataFrame) -> list[str]:
-    """One line per distinct reason a value is missing or flagged, naming the methods."""
-    lines = []
+    """One line per distinct reason a value is missing or flagged, naming the methods; the
+    spread over Leiden seeds is said once (each value's is in the table's note)."""
+    lines, leiden = [], set()
     for column in ("note", "scaled_note"):
-        notes = summary[summary[column].fillna("") != ""]
-        grouped = notes.groupby(["metric", column], sort=False)["method"].apply(list)
+        parts = summary[column].fillna("").str.split("; ")
+        leiden |= set(
+            summary.loc[parts.map(lambda p: any(x.startswith(LEIDEN_NOTE) for x in p)), "metric"]
+        )
+        shown = parts.map(lambda p: "; ".join(x for x in p if not x.startswith(LEIDEN_NOTE)))
+        notes = summary.assign(shown=shown)
+        notes = notes[notes["shown"] != ""]
+        grouped = notes.groupby(["metric", "shown"], sort=False)["method"].apply(list)
         for (metric, note), methods in grouped.items():
             label = display_name(metric) + (" (scaled)" if column == "scaled_note" else "")
             everyone = set(methods) == set(summary["method"])
             who = "" if everyone else f" [{', '.join(methods)}]"
             lines.append(f"- {label}: {note}{who}")
+    if leiden:
+        names = ", ".join(display_name(key) for key in keys_in_order(leiden))
+        lines.append(
+            f"- {names}: means over Leiden seeds (evaluation.leiden_seeds); the standard "
+            "deviation of each is in the note column of metrics.parquet"
+        )
     return lines
 
 

@@ -337,18 +337,9 @@ def train_wnn(
         for name in modalities
         if f"{name}:mod_weight" in joint.obs
     }
-    model = RecipeModel({**hyperparameters, "mean_modality_weights": weights})
-    summary = _summary(
-        "wnn",
-        mdata,
-        hyperparameters,
-        started,
-        device="cpu",
-        final_training_loss=None,
-        n_epochs_trained=0,
-        mean_modality_weights=weights,
-    )
-    return model, graph, summary
+    recipe = {**hyperparameters, "mean_modality_weights": weights}
+    summary = _untrained_summary(mdata, hyperparameters, started, mean_modality_weights=weights)
+    return RecipeModel(recipe), graph, summary
 
 
 # --- controls: embeddings whose scores are known in advance, to read the others' against -----
@@ -359,17 +350,24 @@ def _train_control(
 ) -> TrainingResult:
     """A control has nothing trained: its settings are what is kept as its model."""
     started = time.perf_counter()
-    model = RecipeModel(hyperparameters)
-    summary = _summary(
-        "control",
+    summary = _untrained_summary(mdata, hyperparameters, started)
+    return RecipeModel(hyperparameters), _embedding_frame(latent, mdata["rna"].obs_names), summary
+
+
+def _untrained_summary(
+    mdata: md.MuData, hyperparameters: dict[str, Any], started: float, **extra: Any
+) -> dict[str, Any]:
+    """The summary of a method with nothing trained: no loss, no epoch."""
+    return _summary(
+        "untrained",
         mdata,
         hyperparameters,
         started,
         device="cpu",
         final_training_loss=None,
         n_epochs_trained=0,
+        **extra,
     )
-    return model, _embedding_frame(latent, mdata["rna"].obs_names), summary
 
 
 def train_random_gaussian(
