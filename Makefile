@@ -23,7 +23,7 @@ run: install  ## the whole benchmark on the built-in demo data
 	$(BIN)/kedro run
 
 test: install  ## the test suite (the real-data tests skip when ../shared is absent)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --durations=15
 
 lint: install
 	$(BIN)/ruff check src tests

@@ -126,3 +126,6 @@ FAST_TRAINING = {
         "multigrate": {"hyperparameters": {"max_epochs": 3, "n_latent": 5}},
     }
 }
+# For end-to-end tests of the pipelines' mechanics (reruns, resumes, seeds, kills): the controls
+# are scored in the tests that check them (test_default_run_on_the_demo, the starter run).
+WITHOUT_CONTROLS = {"controls": {"enabled": False}}
