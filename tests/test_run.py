@@ -130,10 +130,12 @@ def check_external_method_with_one_command(project: Path, outputs: dict[str, Pat
 
 def check_controls(table: pd.DataFrame) -> None:
     """The controls bound the scaled scores: the random embedding's bio conservation near 0,
-    the cell-type embedding's near 1; the reference is not scored against itself."""
+    the jittered cell-type embedding's near 1; the reference is not scored against itself."""
     scaled = table.pivot_table(index="metric", columns="method", values="scaled", dropna=False)
     assert scaled.loc["bio_conservation", "random_gaussian"] < 0.15
-    assert scaled.loc["bio_conservation", "cell_type_embedding"] > 0.85
+    # The jittered one (Open Problems' positive control): without jitter, cells of a type are
+    # one point, and on the starter's 41 types Leiden on that tied graph merges some of them.
+    assert scaled.loc["bio_conservation", "cell_type_embedding_jittered"] > 0.85
     reference = table[(table["method"] == "pca_rna") & table["metric"].isin(["pcr_comparison"])]
     assert reference["value"].isna().all()
     assert reference["note"].str.contains("unintegrated reference").all()
