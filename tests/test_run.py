@@ -427,24 +427,8 @@ def test_several_cell_ranger_samples_from_the_command_line(project, tmp_path, st
         cell_ranger_counts(*starter_pair(starter_dir, "s1d2")), tmp_path / "s1d2"
     )
     params = f"inputs.samples.s1d1={first},inputs.samples.s1d2={second},tracking.enabled=false"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kedro",
-            "run",
-            "--env",
-            "samples",
-            "--pipeline",
-            "data_processing",
-            "--params",
-            params,
-        ],
-        check=False,
-        cwd=project,
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"},
-        capture_output=True,
-        text=True,
+    result = kedro_cli(
+        project, "run", "--env", "samples", "--pipeline", "data_processing", "--params", params
     )
     assert result.returncode == 0, result.stderr[-3000:]
     mdata = md.read_h5mu(project / "data/03_primary/samples.h5mu")
