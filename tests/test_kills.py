@@ -17,10 +17,10 @@ import pytest
 
 from cite_bench.locks import RunLockedError, run_lock_path
 
-from .conftest import FAST_TRAINING, WITHOUT_CONTROLS, run_kedro
+from .conftest import FAST_TRAINING, run_kedro
 
 DEMO = {"demo": {"n_cells": 250, "n_genes": 250, "n_proteins": 12, "seed": 0}}
-PARAMS = {**DEMO, **FAST_TRAINING, **WITHOUT_CONTROLS, "tracking": {"enabled": False}}
+PARAMS = {**DEMO, **FAST_TRAINING, "tracking": {"enabled": False}}
 TRAINING = re.compile(r"Training (\S+) with seed \d+")
 # Models that train long enough (seconds) to be killed while they do.
 SLOW = {"mofa", "totalvi", "multigrate"}
