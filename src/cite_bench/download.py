@@ -32,7 +32,7 @@ from pathlib import Path
 import requests
 from tqdm.auto import tqdm
 
-from cite_bench.datasets import atomic_path, recover_interrupted_writes
+from cite_bench.datasets import atomic_path, file_sha256, recover_interrupted_writes
 from cite_bench.locks import LockHeldError, ProcessLock, describe_holder
 from cite_bench.redaction import redact, redact_error
 
@@ -196,7 +196,7 @@ def _verify_and_publish(
             f"'{part}' has {size} bytes, the server announced {total}; it was removed, and the "
             "next run downloads the file again."
         )
-    digest = _sha256(part)
+    digest = file_sha256(part)
     if sha256 and digest.lower() != sha256.lower():
         _discard_part(part)
         raise DownloadError(
@@ -349,11 +349,3 @@ def _discard_part(part: Path) -> None:
 
 def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK_SIZE), b""):
-            digest.update(block)
-    return digest.hexdigest()
