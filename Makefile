@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test lint clean-data
+.PHONY: install run test lint clean-data system-packages
 
 $(BIN)/kedro: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python >= 3.12 not found: install it or pass PYTHON=/path/to/python3.12"; exit 1; }
@@ -22,8 +22,21 @@ install: $(BIN)/kedro  ## create .venv and install the project with its test too
 run: install  ## the whole benchmark on the built-in demo data
 	$(BIN)/kedro run
 
-test: install  ## the test suite (the real-data tests skip when ../shared is absent)
+test: install system-packages  ## the test suite (the real-data tests skip when ../shared is absent)
 	$(BIN)/python -m pytest -n 2 --durations=15
+
+# Servers and a browser some tests start on localhost: PostgreSQL (behind the MLflow server) and
+# Chromium (the MLflow UI check), from Debian's packages where apt-get can install them (root or
+# password-less sudo); elsewhere those tests skip and say why.
+SYSTEM_PACKAGES := $(strip $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),,postgresql) \
+	$(if $(wildcard /usr/bin/chromium),,chromium))
+system-packages:
+	@if [ -z "$(SYSTEM_PACKAGES)" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "Not installed: $(SYSTEM_PACKAGES) (the tests that need them skip)"; exit 0; fi; \
+	SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	echo "Installing $(SYSTEM_PACKAGES) (Debian packages) for the tests"; \
+	{ $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; } \
+	|| echo "Could not install $(SYSTEM_PACKAGES): the tests that need them skip"
 
 lint: install
 	$(BIN)/ruff check src tests

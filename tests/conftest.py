@@ -76,30 +76,39 @@ def starter_dir() -> Path:
     return STARTER_DIR
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch) -> Path:
-    """A scratch copy of the project's configuration, run from its own directory so that
-    artifacts land in a temporary data/ folder."""
+def copy_project(target: Path) -> Path:
+    """A scratch copy of the project's code and configuration with an empty data/ folder."""
+    target.mkdir(parents=True, exist_ok=True)
     for name in ("conf", "src", "pyproject.toml", ".telemetry"):
         source = PROJECT_ROOT / name
         if source.is_dir():
             ignore = shutil.ignore_patterns("local", "__pycache__", "*.egg-info")
-            shutil.copytree(source, tmp_path / name, ignore=ignore)
+            shutil.copytree(source, target / name, ignore=ignore)
         else:
-            shutil.copy(source, tmp_path / name)
-    (tmp_path / "conf" / "local").mkdir(exist_ok=True)
-    (tmp_path / "data").mkdir()
-    monkeypatch.chdir(tmp_path)
+            shutil.copy(source, target / name)
+    (target / "conf" / "local").mkdir(exist_ok=True)
+    (target / "data").mkdir()
+    return target
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A scratch copy of the project, run from its own directory so that artifacts land in a
+    temporary data/ folder."""
+    monkeypatch.chdir(copy_project(tmp_path))
     return tmp_path
 
 
-def kedro_cli(project_path: Path, *arguments: str) -> subprocess.CompletedProcess:
+def kedro_cli(
+    project_path: Path, *arguments: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``kedro <arguments>`` in a subprocess, as a user types it, with telemetry off."""
     return subprocess.run(
         [sys.executable, "-m", "kedro", *arguments],
         check=False,
         cwd=project_path,
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"},
+        # A wide console: Kedro's rich log lines are not wrapped mid-message.
+        env={**os.environ, **(env or {}), "KEDRO_DISABLE_TELEMETRY": "true", "COLUMNS": "250"},
         capture_output=True,
         text=True,
     )
@@ -129,3 +138,25 @@ FAST_TRAINING = {
 # For end-to-end tests of the pipelines' mechanics (reruns, resumes, seeds, kills): the controls
 # are scored in the tests that check them (test_default_run_on_the_demo, the starter run).
 WITHOUT_CONTROLS = {"controls": {"enabled": False}}
+
+# A small demo with short training, no controls and the fast metrics with one Leiden seed, as
+# `--params` for the command line: the pipelines' mechanics under other runners and commands
+# (Dask, the matrix), not the scores.
+QUICK = {
+    "demo": {"n_cells": 600, "n_genes": 600, "n_proteins": 20, "seed": 0},
+    **FAST_TRAINING,
+    **WITHOUT_CONTROLS,
+}
+QUICK_CLI = ",".join(
+    [
+        *(f"demo.{key}={value}" for key, value in QUICK["demo"].items()),
+        *(
+            f"modelling.{model}.hyperparameters.{key}={value}"
+            for model, block in FAST_TRAINING["modelling"].items()
+            for key, value in block["hyperparameters"].items()
+        ),
+        "controls.enabled=false",
+        "evaluation.metrics=fast",
+        "evaluation.leiden_seeds=[0]",
+    ]
+)

@@ -2,7 +2,8 @@
 numbers; elsewhere, the README's demo table within the stated tolerance.
 
 A rerun on the same machine giving identical embeddings and tables is
-``test_run.py::test_same_seed_same_numbers``. Here: the no-training baselines do not depend on
+``test_runner.py::test_dask_run_gives_the_sequential_embeddings_table_and_runs`` (a rerun
+with the same seeds, on the Dask runner). Here: the no-training baselines do not depend on
 the number of threads (a common difference between machines of one kind), and a fresh demo run
 reproduces the README's table within the tolerance the README states; run on another machine
 than the README's (CI), that is the cross-machine check.

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
-from cite_bench.methods import METHODS
-from cite_bench.metrics import AGGREGATES, METRICS
 from cite_bench.tracking import (
     INCOMPLETE_TAG,
     MlflowTrackingHook,
@@ -33,60 +25,11 @@ from cite_bench.tracking import (
     with_retries,
 )
 
-from .conftest import FAST_TRAINING, run_kedro
+from .conftest import run_kedro
+from .mlflow_helpers import free_port, runs_of, serving_mlflow
 
 DEMO = {"demo": {"n_cells": 300, "n_genes": 300, "n_proteins": 15, "seed": 0}}
 CONF = {"enabled": True, "tracking_uri": "sqlite:///mlflow.db", "artifact_location": "mlartifacts"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _runs(uri: str) -> tuple[object, list]:
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("cite-bench")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return client, parents, children
-
-
-def check_run_layout(uri: str, table: pd.DataFrame) -> None:
-    """One parent, one child per model, identical metric keys equal to the metrics table."""
-    client, parents, children = _runs(uri)
-    assert len(parents) == 1
-    parent = parents[0]
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    assert sorted(c.data.tags["model"] for c in children) == sorted(METHODS)
-    assert {c.data.tags["model"]: c.data.tags["role"] for c in children} == {
-        name: method.role for name, method in METHODS.items()
-    }
-    trained = [c for c in children if METHODS[c.data.tags["model"]].role != "control"]
-    keys = {frozenset(c.data.metrics) for c in trained}
-    assert len(keys) == 1, "every method must log the same metric keys"
-    scores = {*METRICS, *AGGREGATES}
-    expected_keys = scores | {f"{key}_scaled" for key in scores}
-    assert expected_keys | {"training_time_s", "final_training_loss"} <= set(next(iter(keys)))
-    for child in children:
-        model = child.data.tags["model"]
-        assert child.info.status == "FINISHED"
-        for tag in ("dataset", "n_cells", "seeds", "git_commit"):
-            assert child.data.tags.get(tag), f"{model} run lacks tag {tag}"
-        assert child.data.params["seeds"] == child.data.tags["seeds"]
-        assert "data_processing.n_top_genes" in child.data.params
-        rows = table[table["method"] == model].groupby("metric", sort=False)
-        for suffix, column in (("", "value"), ("_scaled", "scaled")):
-            for metric, value in rows[column].mean().items():
-                logged = child.data.metrics[metric + suffix]
-                assert (math.isnan(value) and math.isnan(logged)) or logged == pytest.approx(value)
-        artifacts = [a.path for a in client.list_artifacts(child.info.run_id)]
-        assert f"{model}_embedding.parquet" in artifacts
-    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"metrics.parquet", "metrics.md", "umap.png", "metrics_summary.png"} <= parent_artifacts
 
 
 def test_config_precedence_and_embedded_store(tmp_path):
@@ -130,14 +73,14 @@ def test_flatten_nested_parameters():
 
 
 def test_unreachable_server_is_named():
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     config = TrackingConfig(True, uri, "cite-bench", None, 2.0)
     with pytest.raises(TrackingUnavailableError, match=uri.replace(".", r"\.")):
         check_reachable(config)
 
 
 def test_unreachable_server_stops_the_run_before_any_work(project, monkeypatch):
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(TrackingUnavailableError, match=uri.replace(".", r"\.")):
         run_kedro(project, runtime_params=DEMO)
@@ -170,54 +113,8 @@ def test_tracking_failures_lose_no_artifact(project, monkeypatch, caplog):
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 with a SQLite backend, torn down afterwards."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-    ]
-    log = (root / "server.log").open("w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-            try:
-                if requests.get(f"{uri}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start within 90 s")
+    with serving_mlflow(f"sqlite:///{root / 'server.db'}", root) as uri:
         yield uri
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
-
-
-def test_remote_server_by_configuration(project, mlflow_server, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    run_kedro(project, runtime_params={**DEMO, **FAST_TRAINING})
-    table = pd.read_parquet(project / "data/08_reporting/demo/metrics.parquet")
-    assert not (project / "mlflow.db").exists()  # nothing went to the embedded store
-    check_run_layout(mlflow_server, table)
 
 
 def test_store_location_is_the_project_root(tmp_path):
@@ -240,7 +137,7 @@ def test_a_tracking_server_decides_where_artifacts_go(tmp_path):
 
 
 def test_credentials_of_an_unreachable_server_are_not_printed():
-    uri = f"http://alice:{SECRET}@127.0.0.1:{_free_port()}"
+    uri = f"http://alice:{SECRET}@127.0.0.1:{free_port()}"
     with pytest.raises(TrackingUnavailableError) as failure:
         check_reachable(TrackingConfig(True, uri, "cite-bench", None, 2.0))
     message = str(failure.value)
@@ -269,14 +166,14 @@ def test_a_server_run_prints_no_credentials_and_leaves_artifacts_to_the_server(
     printed = caplog.text + "".join(capfd.readouterr())
     assert "MLflow: run" in caplog.text and "http://***@127.0.0.1" in caplog.text
     assert SECRET not in printed
-    client, parents, _ = _runs(mlflow_server)
+    client, parents, _ = runs_of(mlflow_server)
     experiment = client.get_experiment_by_name("cite-bench")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")
     assert [parent.info.status for parent in parents] == ["FINISHED"]
 
 
 def _statuses(project: Path) -> list[tuple[str, dict]]:
-    _, parents, children = _runs(f"sqlite:///{project / 'mlflow.db'}")
+    _, parents, children = runs_of(f"sqlite:///{project / 'mlflow.db'}")
     return [(run.info.status, run.data.tags) for run in [*parents, *children]]
 
 
@@ -353,6 +250,7 @@ def _start_a_tracked_run(project: str, barrier, results) -> None:
         hook.before_pipeline_run(
             run_params={"run_id": str(os.getpid()), "pipeline_names": ["data_processing"]},
             pipeline=Pipeline([]),
+            catalog=None,
         )
         hook.after_pipeline_run()
         results.put("ok")
@@ -376,6 +274,6 @@ def test_runs_starting_at_once_on_a_fresh_store_all_succeed(tmp_path):
     for worker in workers:
         worker.join(60)
     assert outcomes == ["ok"] * n_runs
-    client, parents, _ = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, parents, _ = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(client.search_experiments()) == 2  # "Default" and cite-bench, once
     assert sorted(run.info.status for run in parents) == ["FINISHED"] * n_runs

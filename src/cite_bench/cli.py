@@ -4,12 +4,23 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from cite_bench.download import GEO_FILE, GEO_URL, DownloadError, download
 from cite_bench.methods import METHODS
+
+
+def _output_option(default: Path, what: str) -> Callable[[Callable], Callable]:
+    return click.option(
+        "--output",
+        type=click.Path(path_type=Path),
+        default=default,
+        show_default=True,
+        help=f"Folder for {what}.",
+    )
 
 
 @click.group(name="cite_bench")
@@ -81,13 +92,7 @@ def _integers(ctx: click.Context, param: click.Parameter, value: str) -> list[in
     show_default=True,
     help="Also time scib's own evaluation path at sizes up to this many cells.",
 )
-@click.option(
-    "--output",
-    type=click.Path(path_type=Path),
-    default=Path("data/08_reporting/benchmark"),
-    show_default=True,
-    help="Folder for benchmark.parquet and benchmark.md.",
-)
+@_output_option(Path("data/08_reporting/benchmark"), "benchmark.parquet and benchmark.md")
 def benchmark(
     sizes: list[int], models: str, epochs: int, reference_up_to: int, output: Path
 ) -> None:
@@ -118,3 +123,83 @@ def benchmark(
         Path.cwd(), sizes, chosen, epochs, reference_up_to, after_each_size=write
     )
     click.echo(format_report(results, machine, command))
+
+
+@cli.command("matrix")
+@click.option(
+    "--env",
+    "envs",
+    multiple=True,
+    required=True,
+    help="A dataset, as its configuration environment (base = the demo, starter, geo, ...); "
+    "repeat for several.",
+)
+@click.option("--seeds", default=None, help='Seeds for every method, e.g. "0 1 2".')
+@click.option(
+    "--params",
+    default="",
+    help="Passed to every run's `kedro run --params` (e.g. evaluation.metrics=fast).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help="An existing Dask scheduler (tcp://host:8786); by default a LocalCluster is started "
+    "with the `cluster` parameters.",
+)
+@_output_option(
+    Path("data/08_reporting/matrix"),
+    "matrix.parquet, matrix.md, matrix_summary.png and each run's log",
+)
+def matrix(
+    envs: tuple[str, ...], seeds: str | None, params: str, scheduler: str | None, output: Path
+) -> None:
+    """Every method on several datasets with several seeds, in one command, on one Dask
+    cluster: one `kedro run` (one MLflow parent run) per dataset, one combined table and
+    figure across datasets."""
+    from kedro.framework.cli.utils import _split_params
+
+    from cite_bench.datasets import MatplotlibDataset, ParquetDataset, TextDataset
+    from cite_bench.matrix import (
+        combine,
+        format_matrix_table,
+        plan,
+        run_all,
+        scored_methods_only,
+        tail,
+    )
+    from cite_bench.pipelines.evaluation.figures import plot_matrix_summary
+    from cite_bench.runner import cluster_settings, connected
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    params = ",".join(part for part in (params, f"seeds={seeds}" if seeds else "") if part)
+    runtime_params = _split_params(None, None, params) if params else {}
+    project = Path.cwd()
+    try:
+        runs = plan(project, envs, runtime_params)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    settings = cluster_settings(runs[0].cluster, {"scheduler": scheduler})
+    with connected(settings) as client:
+        statuses = run_all(project, runs, client.scheduler.address, params, output / "logs")
+    finished = {
+        run.dataset: run.catalog.load("metrics_table") for run in runs if statuses[run.dataset] == 0
+    }
+    if finished:
+        combined = combine(finished)
+        ParquetDataset(filepath=str(output / "matrix.parquet")).save(combined)
+        scored, rank_by = scored_methods_only(combined), runs[0].rank_by
+        table = format_matrix_table(scored, rank_by)
+        TextDataset(filepath=str(output / "matrix.md")).save(table)
+        MatplotlibDataset(filepath=str(output / "matrix_summary.png")).save(
+            plot_matrix_summary(scored, rank_by)
+        )
+        click.echo(table)
+        click.echo(f"Combined table and figure in {output}/")
+    failed = [dataset for dataset, status in statuses.items() if status != 0]
+    if failed:
+        details = "\n\n".join(
+            f"{dataset} (log {output / 'logs' / f'{dataset}.log'}):\n"
+            + tail(output / "logs" / f"{dataset}.log")
+            for dataset in failed
+        )
+        raise click.ClickException(f"{len(failed)} of {len(runs)} datasets failed:\n{details}")

@@ -42,6 +42,9 @@ class Method:
     # The unintegrated embedding that reference-based metrics (PCR comparison, cell-cycle
     # conservation) compare every other embedding with.
     unintegrated_reference: bool = False
+    # Trains faster on a GPU (``accelerator: auto``): its training node carries the tag ``gpu``,
+    # which the Dask runner maps to a GPU worker resource (cluster.resources).
+    uses_gpu: bool = False
 
     def skip_reason(
         self, obs: pd.DataFrame, columns: Mapping[str, str], controls: Mapping[str, Any]
@@ -70,12 +73,14 @@ METHODS: dict[str, Method] = {
             "integrated",
             trainers.train_totalvi,
             "totalVI (scvi-tools) on raw RNA and protein counts, batch-aware",
+            uses_gpu=True,
         ),
         Method(
             "multigrate",
             "integrated",
             trainers.train_multigrate,
             "Multigrate (MultiVAE) on raw RNA counts and CLR ADT, batch-aware",
+            uses_gpu=True,
         ),
         Method(
             "wnn",

@@ -116,6 +116,18 @@ class Evaluation(_Block):
         return value
 
 
+class Cluster(_Block):
+    """Read by cite_bench.runner.DaskRunner (which names the keys the same way)."""
+
+    scheduler: str | None = None
+    n_workers: PositiveInt = 2
+    threads_per_worker: PositiveInt = 1
+    memory_limit: str | None = None
+    worker_resources: dict[str, PositiveFloat] = Field(default_factory=dict)
+    resources: dict[str, dict[str, PositiveFloat]] = Field(default_factory=dict)
+    dashboard_address: str | None = None
+
+
 class Parameters(BaseModel):
     """The blocks this project reads; other top-level keys (e.g. ``demo``) pass through."""
 
@@ -127,6 +139,7 @@ class Parameters(BaseModel):
     controls: Controls
     modelling: dict[str, Model]
     evaluation: Evaluation
+    cluster: Cluster | None = None
 
     @field_validator("seeds", mode="before")
     @classmethod

@@ -55,6 +55,9 @@ RETRY_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "R
 OUTAGE_CODES = RETRY_CODES | {"INTERNAL_ERROR", "DEADLINE_EXCEEDED", "IO_ERROR"}
 RETRIES = 6
 INCOMPLETE_TAG = "logging_incomplete"
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces, token usage); marked
+# as model training, the benchmark's experiment opens on its runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -186,10 +189,15 @@ def open_experiment(config: TrackingConfig) -> tuple[Any, str]:
         client = MlflowClient(tracking_uri=config.tracking_uri)
         experiment = client.get_experiment_by_name(config.experiment_name)
         if experiment is not None:
+            for key, value in EXPERIMENT_KIND.items():
+                if key not in experiment.tags:  # made by an older version, or by hand
+                    client.set_experiment_tag(experiment.experiment_id, key, value)
             return client, experiment.experiment_id
         try:
             return client, client.create_experiment(
-                config.experiment_name, artifact_location=config.artifact_location
+                config.experiment_name,
+                artifact_location=config.artifact_location,
+                tags=EXPERIMENT_KIND,
             )
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -206,6 +214,12 @@ def open_experiment(config: TrackingConfig) -> tuple[Any, str]:
         return with_retries(get_or_create, "opening the experiment")
     with holding(database.with_name(database.name + ".lock"), timeout_s=300):
         return with_retries(get_or_create, "opening the experiment")
+
+
+def runs_table_link(server: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI: MLflow 3.17's UI opens every experiment in
+    the GenAI view unless the address asks for the model-training one."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -282,11 +296,43 @@ class MlflowTrackingHook:
 
     def _reset(self) -> None:
         self._client: Any = None
+        self._tracking_uri: str | None = None
         self._parent: str | None = None
         self._children: dict[str, str] = {}
-        self._embeddings: set[str] = set()
+        # Datasets this run's nodes save: logged when saved, not again when a later node loads them.
+        self._produced: set[str] = set()
         # What could not be logged (store outages), by run id.
         self._failed: dict[str, list[str]] = {}
+
+    # --- under cite_bench.runner.DaskRunner: node and dataset hooks run on the workers ------
+
+    def worker_hooks(self) -> MlflowTrackingHook:
+        """A copy for a Dask worker: the same runs, its own client, an empty failure list."""
+        copy = MlflowTrackingHook.__new__(MlflowTrackingHook)
+        copy.__dict__.update(self.__dict__)
+        copy._children = dict(self._children)
+        copy._failed = {}
+        return copy
+
+    def worker_report(self) -> dict[str, list[str]]:
+        """What the copy could not log, by run id; cleared for the copy's next node."""
+        report, self._failed = self._failed, {}
+        return report
+
+    def merge_worker_report(self, report: Mapping[str, list[str]]) -> None:
+        for run_id, whats in report.items():
+            self._failed.setdefault(run_id, []).extend(whats)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An MLflow client holds connections: a worker makes its own from the URI.
+        return {**self.__dict__, "_client": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._tracking_uri is not None and self._parent is not None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self._tracking_uri)
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -305,7 +351,9 @@ class MlflowTrackingHook:
         self._env = context.env
 
     @hook_impl
-    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline) -> None:
+    def before_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any
+    ) -> None:
         self._reset()
         config = resolve_config(self._conf, run_params.get("runtime_params"), self._project_path)
         if not config.enabled:
@@ -319,6 +367,12 @@ class MlflowTrackingHook:
             # MLflow prints "View run at <tracking URI>/..." when a run ends, credentials and all.
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         client, experiment_id = open_experiment(config)
+        self._tracking_uri = config.tracking_uri
+        # With --only-missing-outputs, what exists already is loaded, not saved.
+        resuming = bool(run_params.get("only_missing_outputs"))
+        self._produced = {
+            name for name in pipeline.all_outputs() if not (resuming and catalog.exists(name))
+        }
         try:
             self._start_runs(client, experiment_id, run_params, pipeline)
         except BaseException:
@@ -330,6 +384,12 @@ class MlflowTrackingHook:
             self._parent,
             config.experiment_name,
             redact(config.tracking_uri),
+        )
+        server = redact(config.tracking_uri) if is_server(config.tracking_uri) else None
+        logger.info(
+            "MLflow: the runs table: %s%s",
+            runs_table_link(server or "http://127.0.0.1:5000", experiment_id),
+            "" if server else f" (after `mlflow ui --backend-store-uri {config.tracking_uri}`)",
         )
 
     def _start_runs(
@@ -406,7 +466,7 @@ class MlflowTrackingHook:
                     )
         if dataset_name == "cell_metadata":
             self._tag_cell_count(len(data))
-        elif dataset_name.endswith(".embedding"):
+        elif dataset_name.endswith(".embedding") and dataset_name not in self._produced:
             # An evaluation-only run still records the embedding it scored.
             self.after_dataset_saved(dataset_name, data)
 
@@ -456,8 +516,7 @@ class MlflowTrackingHook:
             self._safely(
                 f"{model} training summary", lambda: self._log_summary(run_id, data), run_id
             )
-        elif (stage, output) == (MODELLING, "embedding") and model not in self._embeddings:
-            self._embeddings.add(model)
+        elif (stage, output) == (MODELLING, "embedding"):
             self._safely(
                 f"{model} embedding",
                 lambda: self._log_frame(run_id, data, f"{model}_embedding.parquet"),

@@ -7,7 +7,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cite_bench.metrics import AGGREGATES, METRICS
-from cite_bench.pipelines.evaluation.figures import compute_umap, plot_metric_summary, plot_umaps
+from cite_bench.pipelines.evaluation.figures import (
+    compute_umap,
+    plot_matrix_summary,
+    plot_metric_summary,
+    plot_umaps,
+)
 
 
 def _cells(n_cells: int = 900, n_types: int = 45) -> pd.DataFrame:
@@ -112,3 +117,18 @@ def test_summary_figure_falls_back_to_raw_scores_without_controls():
     table = _summary_table().assign(scaled=np.nan)
     title = plot_metric_summary(table, PARAMS).get_axes()[0].get_title()
     assert "raw scores" in title
+
+
+def test_matrix_figure_shows_each_datasets_aggregates_with_methods_ranked_across_them():
+    first, second = _summary_table((0, 1)), _summary_table((0, 1))
+    second.loc[second["method"] == "a", ["value", "scaled"]] += 0.8  # a is best on the second
+    combined = pd.concat([first.assign(dataset="demo"), second.assign(dataset="starter")])
+    figure = plot_matrix_summary(combined, "scaled")
+    axis = figure.get_axes()[0]
+    labels = [tick.get_text() for tick in axis.get_yticklabels()]
+    # Mean overall across datasets: a (0.51, 1.31) > b (0.81, 0.81) > c; drawn bottom-up.
+    assert labels == ["random_gaussian (control)", "3. c", "2. b", "1. a"]
+    titles = {text.get_text() for text in axis.texts}
+    assert {"demo", "starter"} <= titles
+    assert len(axis.get_xticklabels()) == 2 * 3  # three aggregates per dataset
+    figure.canvas.draw()

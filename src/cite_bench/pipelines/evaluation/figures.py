@@ -156,13 +156,7 @@ def plot_metric_summary(metrics: pd.DataFrame, params: dict[str, Any]) -> Figure
                 axis.axvline(start - 0.5, color="black", linewidth=0.8)
             start += len(keys)
     _label_methods(axis, list(wide.index), is_control)
-    names = [display_name(key) for key in columns]
-    axis.set_xticks(range(n_columns), names, rotation=45, ha="right")
-    axis.set_xlim(-0.6, n_columns - 0.4)
-    axis.set_ylim(-0.8, n_rows + 0.7)
-    axis.tick_params(length=0)
-    for spine in axis.spines.values():
-        spine.set_visible(False)
+    _label_columns(axis, [display_name(key) for key in columns], n_rows)
     kind = (
         "scaled scores: 0 = worst control, 1 = best control"
         if column == "scaled_mean"
@@ -196,6 +190,16 @@ def _draw_scores(
             axis.text(column, y - 0.38, label, ha="center", va="center", fontsize=7)
 
 
+def _label_columns(axis: Any, names: list[str], n_rows: int) -> None:
+    """Metric names under the columns, no frame."""
+    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axis.set_xlim(-0.6, len(names) - 0.4)
+    axis.set_ylim(-0.8, n_rows + 0.7)
+    axis.tick_params(length=0)
+    for spine in axis.spines.values():
+        spine.set_visible(False)
+
+
 def _label_methods(axis: Any, methods: list[str], is_control: list[bool]) -> None:
     """Methods numbered by rank, controls in grey below a dashed line."""
     n_rows, n_controls = len(methods), sum(is_control)
@@ -211,3 +215,47 @@ def _label_methods(axis: Any, methods: list[str], is_control: list[bool]) -> Non
     axis.set_yticks(range(n_rows), labels[::-1])
     for tick, control in zip(axis.get_yticklabels(), is_control[::-1], strict=True):
         tick.set_color("grey" if control else "black")
+
+
+def plot_matrix_summary(combined: pd.DataFrame, rank_by: str) -> Figure:
+    """The benchmark matrix at a glance: each method's aggregate scores (mean over seeds) on
+    each dataset, methods ranked by their mean overall score across datasets, controls apart
+    below them in grey. Scaled scores where every dataset has controls, raw ones otherwise."""
+    summaries = {
+        dataset: summarise_over_seeds(table)
+        for dataset, table in combined.groupby("dataset", sort=False)
+    }
+    scaled = rank_by == "scaled" and all(
+        ranking_column(summary, rank_by) == "scaled_mean" for summary in summaries.values()
+    )
+    column = "scaled_mean" if scaled else "mean"
+    aggregates = [key for key in AGGREGATES if (combined["metric"] == key).any()]
+    wide = pd.concat(
+        {
+            (dataset, key): summary[summary["metric"] == key].set_index("method")[column]
+            for dataset, summary in summaries.items()
+            for key in aggregates
+        },
+        axis=1,
+    )
+    overall = wide.xs("overall", axis=1, level=1).mean(axis=1)
+    score = overall.fillna(-np.inf)
+    order = sorted(wide.index, key=lambda m: (role_of(m) == "control", -score[m]))
+    wide = wide.loc[order]
+    is_control = [role_of(method) == "control" for method in order]
+    n_rows, n_columns = wide.shape
+    figure, axis = plt.subplots(
+        figsize=(1.2 * n_columns + 3.5, 0.5 * n_rows + 2.4), layout="constrained"
+    )
+    _draw_scores(axis, wide, wide * 0, is_control, n_seeds=1)
+    for start in range(0, n_columns, len(aggregates)):
+        dataset = wide.columns[start][0]
+        middle = start + (len(aggregates) - 1) / 2
+        axis.text(middle, n_rows + 0.35, dataset, ha="center", fontweight="bold")
+        if start:
+            axis.axvline(start - 0.5, color="black", linewidth=0.8)
+    _label_methods(axis, order, is_control)
+    _label_columns(axis, [display_name(key) for _, key in wide.columns], n_rows)
+    kind = "scaled: 0 = worst control, 1 = best control" if scaled else "raw scores"
+    axis.set_title(f"Aggregate scores per dataset\n({kind}; means over seeds)", pad=28)
+    return figure

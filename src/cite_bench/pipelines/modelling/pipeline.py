@@ -37,7 +37,7 @@ def create_method_pipeline(method: Method) -> Pipeline:
         namespace=f"modelling.{method.name}",
         inputs={"cite_seq_mudata"},
         parameters={"params:seeds", "params:columns", "params:controls"},
-        tags=["modelling", method.name, method.role],
+        tags=["modelling", method.name, method.role, *(["gpu"] if method.uses_gpu else [])],
     )
 
 
