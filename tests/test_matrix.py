@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from cite_bench.matrix import combine, format_matrix_table, plan, scored_methods_only
+from cite_bench.methods import METHODS
+from cite_bench.seeds import split_by_seed
 
 from .conftest import QUICK_CLI, kedro_cli
 from .mlflow_helpers import runs_of
@@ -47,7 +52,9 @@ def test_two_environments_naming_one_dataset_are_refused_before_any_run(project)
 @pytest.mark.slow
 def test_the_matrix_command_runs_demo_and_starter_with_two_seeds(project, starter_dir):
     """`kedro matrix` on the demo and the real starter data, two seeds each, on one
-    LocalCluster: one combined table and figure, one MLflow parent run per dataset."""
+    LocalCluster: one combined table and figure, one MLflow parent run per dataset. Each
+    dataset's run (`kedro run --params "seeds=0 1"`) trains every model once per seed, and its
+    tables report mean ± SD, non-zero for the trained models."""
     inputs = f"inputs.rna={starter_dir / 'rna.h5ad'},inputs.adt={starter_dir / 'adt.h5ad'}"
     quick = f"{QUICK_CLI},{inputs}"
     result = kedro_cli(
@@ -70,3 +77,26 @@ def test_the_matrix_command_runs_demo_and_starter_with_two_seeds(project, starte
         "demo",
     ]
     assert all(run.info.status == "FINISHED" for run in [*parents, *children])
+    check_seeds_in_a_run(project / "data", "demo", (0, 1))
+
+
+def check_seeds_in_a_run(data: Path, dataset: str, seeds: tuple[int, ...]) -> None:
+    """Every trained model once per seed, in one embedding file and one model folder per seed;
+    mean ± SD in the markdown; scores that differ between seeds."""
+    table = pd.read_parquet(data / f"08_reporting/{dataset}/metrics.parquet")
+    spread = table.groupby(["method", "metric"])["value"].std()
+    for model in ("mofa", "totalvi", "multigrate"):
+        assert spread.loc[(model, "overall")] > 0, f"{model}: identical scores over seeds"
+        embedding = pd.read_parquet(data / f"07_model_output/{dataset}/{model}_embedding.parquet")
+        assert list(split_by_seed(embedding)) == list(seeds)
+        saved = sorted(path.name for path in (data / f"06_models/{dataset}/{model}").glob("seed_*"))
+        assert saved == [f"seed_{seed}" for seed in seeds]
+    markdown = (data / f"08_reporting/{dataset}/metrics.md").read_text()
+    assert f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))}." in markdown
+    integrated = [name for name, method in METHODS.items() if method.role == "integrated"]
+    n_metrics = table["metric"].nunique()
+    assert markdown.count(" ± ") >= 2 * len(integrated) * (n_metrics - 3)
+    summary = json.loads(
+        (data / f"07_model_output/{dataset}/mofa_training_summary.json").read_text()
+    )
+    assert summary["seeds"] == list(seeds) and len(summary["runs"]) == len(seeds)

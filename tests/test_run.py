@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import subprocess
 import sys
@@ -181,48 +180,6 @@ def test_params_on_the_command_line_change_the_run(project):
     mdata = md.read_h5mu(project / "data/03_primary/demo.h5mu")
     assert mdata.n_obs == 300
     assert mdata["rna"].n_vars == 120
-
-
-def test_three_seeds_from_the_command_line_give_mean_and_spread(project):
-    """`kedro run --params "seeds=0 1 2"` trains every model three times; tables and figures
-    report mean ± SD, which is non-zero for the trained models."""
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
-    fast = [
-        f"modelling.{model}.hyperparameters.{key}={value}"
-        for model, block in FAST_TRAINING["modelling"].items()
-        for key, value in block["hyperparameters"].items()
-    ]
-    demo = [f"demo.{key}={value}" for key, value in DEMO["demo"].items()]
-    params = ",".join(
-        ["seeds=0 1 2", "tracking.enabled=false", "controls.enabled=false", *demo, *fast]
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "kedro", "run", "--params", params],
-        check=False,
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    outputs = _outputs(project, "demo")
-    _check_metrics_table(outputs["table"], n_seeds=3)
-    table = pd.read_parquet(outputs["table"])
-    spread = table.groupby(["method", "metric"])["value"].std()
-    models_dir = project / "data/06_models/demo"
-    for model in ("mofa", "totalvi", "multigrate"):
-        assert spread.loc[(model, "overall")] > 0, f"{model}: identical scores over seeds"
-        assert list(split_by_seed(pd.read_parquet(outputs[model]))) == [0, 1, 2]
-        saved = sorted(path.name for path in (models_dir / model).glob("seed_*"))
-        assert saved == ["seed_0", "seed_1", "seed_2"]
-    markdown = outputs["markdown"].read_text()
-    assert "Mean ± standard deviation over seeds 0, 1, 2." in markdown
-    integrated = [name for name, method in METHODS.items() if method.role == "integrated"]
-    assert markdown.count(" ± ") >= 2 * len(integrated) * len(METRICS)
-    summary = json.loads(
-        (project / "data/07_model_output/demo/mofa_training_summary.json").read_text()
-    )
-    assert summary["seeds"] == [0, 1, 2] and len(summary["runs"]) == 3
 
 
 @pytest.mark.slow
