@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cite_bench.methods import role_of
-from cite_bench.pipelines.evaluation.nodes import ranking_column, summarise_over_seeds
+from cite_bench.pipelines.evaluation.nodes import summarise_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -138,32 +138,28 @@ def scored_methods_only(combined: pd.DataFrame) -> pd.DataFrame:
 def format_matrix_table(combined: pd.DataFrame, rank_by: str) -> str:
     """Markdown: the overall score of each method on each dataset (mean ± SD over seeds),
     methods ranked by their mean across datasets, controls last."""
-    cells: dict[str, dict[str, str]] = {}
-    overall: dict[str, dict[str, float]] = {}
-    kinds = set()
-    for dataset, table in combined.groupby("dataset", sort=False):
-        summary = summarise_over_seeds(table)
-        column = ranking_column(summary, rank_by)
-        kinds.add("scaled" if column == "scaled_mean" else "raw")
-        spread = "scaled_sd" if column == "scaled_mean" else "sd"
-        rows = summary[summary["metric"] == "overall"].set_index("method")
-        for method, row in rows.iterrows():
-            text = "n/a" if np.isnan(row[column]) else f"{row[column]:.3f}"
-            if row["n_seeds"] > 1 and not np.isnan(row[spread]):
-                text += f" ± {row[spread]:.3f}"
-            cells.setdefault(str(method), {})[str(dataset)] = text
-            overall.setdefault(str(method), {})[str(dataset)] = row[column]
-    datasets = list(dict.fromkeys(combined["dataset"]))
-    mean = {method: np.nanmean(list(values.values())) for method, values in overall.items()}
-    order = sorted(mean, key=lambda m: (role_of(m) == "control", -np.nan_to_num(mean[m], nan=-9)))
+    matrix = summarise_matrix(combined, rank_by)
     lines = [
-        "| method | role | " + " | ".join(datasets) + " |",
-        "|---|---|" + "---|" * len(datasets),
+        "| method | role | " + " | ".join(matrix.summaries) + " |",
+        "|---|---|" + "---|" * len(matrix.summaries),
     ]
-    for method in order:
-        row = [cells[method].get(dataset, "not run") for dataset in datasets]
-        lines.append(f"| {method} | {role_of(method)} | " + " | ".join(row) + " |")
-    kind = " and ".join(sorted(kinds))
+    overall = {
+        dataset: summary[summary["metric"] == "overall"].set_index("method")
+        for dataset, summary in matrix.summaries.items()
+    }
+    for method in matrix.order:
+        cells = []
+        for rows in overall.values():
+            if method not in rows.index:
+                cells.append("not run")
+                continue
+            row = rows.loc[method]
+            text = "n/a" if np.isnan(row[matrix.column]) else f"{row[matrix.column]:.3f}"
+            if row["n_seeds"] > 1 and not np.isnan(row[matrix.spread]):
+                text += f" ± {row[matrix.spread]:.3f}"
+            cells.append(text)
+        lines.append(f"| {method} | {role_of(method)} | " + " | ".join(cells) + " |")
+    kind = "scaled" if matrix.column == "scaled_mean" else "raw"
     return (
         f"### Overall score (0.6 bio + 0.4 batch; {kind}) per dataset\n\n"
         + "\n".join(lines)

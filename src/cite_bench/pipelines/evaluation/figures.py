@@ -15,7 +15,7 @@ from cite_bench.metrics import AGGREGATES, GROUPS, METRICS, display_name
 from cite_bench.scoring import PrecomputedNeighbors
 from cite_bench.seeds import first_seed
 
-from .nodes import ranked_methods, ranking_column, summarise_over_seeds
+from .nodes import ranked_methods, ranking_column, summarise_matrix, summarise_over_seeds
 
 # Enough distinguishable colours for BMMC's 45 cell types.
 _PALETTE = [
@@ -221,27 +221,17 @@ def plot_matrix_summary(combined: pd.DataFrame, rank_by: str) -> Figure:
     """The benchmark matrix at a glance: each method's aggregate scores (mean over seeds) on
     each dataset, methods ranked by their mean overall score across datasets, controls apart
     below them in grey. Scaled scores where every dataset has controls, raw ones otherwise."""
-    summaries = {
-        dataset: summarise_over_seeds(table)
-        for dataset, table in combined.groupby("dataset", sort=False)
-    }
-    scaled = rank_by == "scaled" and all(
-        ranking_column(summary, rank_by) == "scaled_mean" for summary in summaries.values()
-    )
-    column = "scaled_mean" if scaled else "mean"
+    matrix = summarise_matrix(combined, rank_by)
+    column, order = matrix.column, matrix.order
     aggregates = [key for key in AGGREGATES if (combined["metric"] == key).any()]
     wide = pd.concat(
         {
             (dataset, key): summary[summary["metric"] == key].set_index("method")[column]
-            for dataset, summary in summaries.items()
+            for dataset, summary in matrix.summaries.items()
             for key in aggregates
         },
         axis=1,
-    )
-    overall = wide.xs("overall", axis=1, level=1).mean(axis=1)
-    score = overall.fillna(-np.inf)
-    order = sorted(wide.index, key=lambda m: (role_of(m) == "control", -score[m]))
-    wide = wide.loc[order]
+    ).loc[order]
     is_control = [role_of(method) == "control" for method in order]
     n_rows, n_columns = wide.shape
     figure, axis = plt.subplots(
@@ -256,6 +246,7 @@ def plot_matrix_summary(combined: pd.DataFrame, rank_by: str) -> Figure:
             axis.axvline(start - 0.5, color="black", linewidth=0.8)
     _label_methods(axis, order, is_control)
     _label_columns(axis, [display_name(key) for _, key in wide.columns], n_rows)
+    scaled = column == "scaled_mean"
     kind = "scaled: 0 = worst control, 1 = best control" if scaled else "raw scores"
     axis.set_title(f"Aggregate scores per dataset\n({kind}; means over seeds)", pad=28)
     return figure

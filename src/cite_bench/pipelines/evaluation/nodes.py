@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -304,6 +305,40 @@ def ranked_methods(summary: pd.DataFrame, rank_by: str) -> list[str]:
     score = overall[column].reindex(order).fillna(-np.inf)
     is_control = [role_of(method) == "control" for method in order]
     return sorted(order, key=lambda m: (is_control[order.index(m)], -score[m], order.index(m)))
+
+
+@dataclass(frozen=True)
+class MatrixSummary:
+    """Several datasets' tables summarised alike: each dataset's mean ± SD over seeds, one
+    score column for all of them (scaled only where every dataset has scaled scores), and
+    the methods ranked by their mean overall score across datasets, controls last."""
+
+    summaries: dict[str, pd.DataFrame]
+    column: str
+    order: list[str]
+
+    @property
+    def spread(self) -> str:
+        return "scaled_sd" if self.column == "scaled_mean" else "sd"
+
+
+def summarise_matrix(combined: pd.DataFrame, rank_by: str) -> MatrixSummary:
+    """The summary the matrix's table and figure share (``combined`` has a dataset column)."""
+    summaries = {
+        str(dataset): summarise_over_seeds(table)
+        for dataset, table in combined.groupby("dataset", sort=False)
+    }
+    scaled = all(
+        ranking_column(summary, rank_by) == "scaled_mean" for summary in summaries.values()
+    )
+    column = "scaled_mean" if scaled else "mean"
+    overall = pd.concat(
+        [summary[summary["metric"] == "overall"].set_index("method")[column]
+         for summary in summaries.values()],
+        axis=1,
+    ).mean(axis=1).fillna(-np.inf)  # fmt: skip
+    order = sorted(overall.index, key=lambda m: (role_of(m) == "control", -overall[m]))
+    return MatrixSummary(summaries, column, [str(method) for method in order])
 
 
 def ranking_column(summary: pd.DataFrame, rank_by: str) -> str:
