@@ -7,10 +7,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import mudata as md
 import pytest
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -160,3 +164,19 @@ QUICK_CLI = ",".join(
         "evaluation.leiden_seeds=[0]",
     ]
 )
+
+
+@pytest.fixture(scope="session")
+def starter_embedding(starter_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A PCA of the real starter RNA: 600 BMMC cells, 41 types, 2 batches."""
+    import pandas as pd
+    import scanpy as sc
+
+    rna = ad.read_h5ad(starter_dir / "rna.h5ad")
+    rna.X = rna.layers["counts"].copy()
+    sc.pp.normalize_total(rna, target_sum=1e4)
+    sc.pp.log1p(rna)
+    sc.pp.pca(rna, n_comps=20, random_state=0)
+    cells = rna.obs.copy()
+    cells["cell_type"] = cells["cell_type"].astype("category")
+    return pd.DataFrame(rna.obsm["X_pca"], index=rna.obs_names), cells

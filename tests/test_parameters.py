@@ -51,6 +51,22 @@ def test_shipped_parameters_are_valid(env):
             lambda p: p["data_processing"].update(n_top_genes=0),
             "data_processing.n_top_genes",
         ),
+        (
+            lambda p: p["modelling"]["totalvi"]["hyperparameters"].update(train_size=1.5),
+            "totalvi.hyperparameters.train_size: Input should be less than or equal to 1",
+        ),
+        (
+            lambda p: p["modelling"]["totalvi"]["hyperparameters"].update(
+                early_stopping_monitor="elbo"
+            ),
+            "totalvi.hyperparameters.early_stopping_monitor: Input should be 'elbo_validation'",
+        ),
+        (
+            lambda p: p["modelling"]["multigrate"]["hyperparameters"].update(
+                early_stopping_monitor="elbo_validation"
+            ),
+            "Multigrate's train\\(\\) always monitors reconstruction_loss_validation",
+        ),
         (lambda p: p["data_processing"].update(clr_axis=2), "data_processing.clr_axis"),
         (lambda p: p["columns"].pop("batch"), "columns.batch: Field required"),
         (

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from cite_bench.scoring import (
+    ScoringData,
     cell_cycle_conservation,
     embedding_anndata,
     isolated_label_f1,
-    leiden_arguments,
-    leiden_clusterings,
+    leiden_clusterer,
 )
 
 from .pipelines.evaluation.test_nodes import PARAMS, _cells, _embedding
@@ -56,7 +56,8 @@ def test_isolated_label_f1_matches_scib(columns):
     sc.pp.neighbors(adata, use_rep="X_emb", n_neighbors=15)
     resolutions = [0.2, 0.5, 1.0, 1.5]
     params = {**PARAMS, "leiden_flavor": "leidenalg"}
-    clusterings = leiden_clusterings(adata, resolutions, leiden_arguments(params))
+    with leiden_clusterer(adata, params) as cluster:
+        clusterings = cluster([(PARAMS["seed"], resolution) for resolution in resolutions])
     ours = isolated_label_f1(adata.obs, "cell_type", "batch", clusterings)
     theirs = scib.me.isolated_labels_f1(
         adata.copy(), "cell_type", "batch", embed=None, resolutions=resolutions, verbose=False
@@ -64,16 +65,72 @@ def test_isolated_label_f1_matches_scib(columns):
     assert ours == pytest.approx(theirs)
 
 
-def test_igraph_clusterings_are_scanpys(columns):
-    """Converting the graph once gives exactly the clusters of sc.tl.leiden(flavor="igraph")."""
+def test_igraph_clusterings_match_scanpys_in_any_process(columns):
+    """Leiden on the graph with each edge once optimises scanpy's objective: per (seed,
+    resolution), clusters as good as sc.tl.leiden(flavor="igraph")'s by modularity and nearly
+    the same; and the same clusters in this process and over a pool of two, in any order."""
+    import igraph
     import scanpy as sc
+    from sklearn.metrics import adjusted_rand_score
 
     cells = _cells(n_types=5, per_type=80)
     adata = embedding_anndata(_embedding(cells, 2, seed=4), cells)
     sc.pp.neighbors(adata, use_rep="X_emb", n_neighbors=15)
-    arguments = leiden_arguments(PARAMS)
-    ours = leiden_clusterings(adata, [0.3, 1.0, 2.5], arguments)
-    for resolution, clusters in zip([0.3, 1.0, 2.5], ours, strict=True):
-        sc.tl.leiden(adata, resolution=resolution, key_added="expected", **arguments)
-        np.testing.assert_array_equal(clusters, adata.obs["expected"].to_numpy().astype(str))
+    tasks = [(0, 0.3), (0, 1.0), (0, 2.5), (7, 1.0)]
+    with leiden_clusterer(adata, PARAMS, processes=1) as cluster:
+        ours = cluster(tasks)
+    with leiden_clusterer(adata, PARAMS, processes=2) as cluster:
+        pooled = cluster(tasks[::-1])[::-1]
+    connectivities = adata.obsp["connectivities"]
+    sources, targets = connectivities.nonzero()
+    graph = igraph.Graph(n=adata.n_obs, edges=list(zip(sources, targets, strict=True)))
+    graph.es["weight"] = np.asarray(connectivities[sources, targets]).ravel()
+    for (seed, resolution), clusters, from_pool in zip(tasks, ours, pooled, strict=True):
+        np.testing.assert_array_equal(from_pool, clusters)
+        sc.tl.leiden(
+            adata,
+            resolution=resolution,
+            key_added="scanpy",
+            random_state=seed,
+            flavor="igraph",
+            n_iterations=2,
+            directed=False,
+        )
+        theirs = adata.obs["scanpy"].to_numpy().astype(int)
+        quality = [
+            graph.modularity(membership, weights="weight", resolution=resolution)
+            for membership in (clusters, theirs)
+        ]
+        assert quality[0] == pytest.approx(quality[1], rel=0.01)
+        assert adjusted_rand_score(theirs, clusters) > 0.8  # over-clustered splits may differ
     assert len(set(ours[2])) > len(set(ours[0]))
+
+
+def test_other_leiden_seeds_search_a_window_around_the_first_seeds_best(columns):
+    """With leiden_seed_window: 1 the first seed clusters at every resolution and the others at
+    its best one and that one's neighbours; each seed keeps its own best by NMI.
+    Isolated-label F1 reads the full sweeps only."""
+    cells = _cells(n_types=6, per_type=60)
+    adata = embedding_anndata(_embedding(cells, 1.5, seed=5), cells)
+    params = {**PARAMS, "leiden_seeds": [0, 1, 2], "leiden_seed_window": 1}
+    data = ScoringData(adata, columns, params)
+    by_seed = data.clusterings_by_seed
+    n_resolutions = len(data.resolutions)
+    first_best = next(
+        i for i, c in enumerate(by_seed[0]) if np.array_equal(c, data.optimal_clusterings[0])
+    )
+    window = range(max(0, first_best - 1), min(n_resolutions, first_best + 2))
+    assert len(by_seed[0]) == n_resolutions
+    assert len(by_seed[1]) == len(by_seed[2]) == len(window) < n_resolutions
+    assert list(data.full_sweeps) == [0]
+    everywhere = ScoringData(adata.copy(), columns, {**params, "leiden_seed_window": None})
+    assert all(len(c) == n_resolutions for c in everywhere.clusterings_by_seed.values())
+    assert list(everywhere.full_sweeps) == [0, 1, 2]
+    for seed in (1, 2):  # the window's clusterings are those of the full sweep there
+        for offset, clusters in enumerate(by_seed[seed]):
+            full = everywhere.clusterings_by_seed[seed][window.start + offset]
+            np.testing.assert_array_equal(clusters, full)
+    # Same first sweep; each seed's best is among its own clusterings.
+    for seed, best in data.optimal_clusterings.items():
+        assert any(np.array_equal(best, c) for c in by_seed[seed])
+    np.testing.assert_array_equal(data.optimal_clusterings[0], everywhere.optimal_clusterings[0])

@@ -88,18 +88,40 @@ def _integers(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--epochs", default=2, show_default=True, help="Epochs (MOFA: iterations).")
 @click.option(
     "--reference-up-to",
-    default=20000,
+    default=5000,
     show_default=True,
-    help="Also time scib's own evaluation path at sizes up to this many cells.",
+    help="Also time scib's own evaluation path (igraph's and leidenalg's Leiden) at sizes up "
+    "to this many cells.",
+)
+@click.option(
+    "--params",
+    default="",
+    help="Parameters for every stage's run, as `kedro run --params` takes them (e.g. "
+    '"evaluation.leiden_seeds=[0]").',
+)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep the simulated data and each size's scratch project (its data/ folder holds "
+    "the embeddings and metrics the pipelines wrote) here instead of a temporary folder.",
 )
 @_output_option(Path("data/08_reporting/benchmark"), "benchmark.parquet and benchmark.md")
 def benchmark(
-    sizes: list[int], models: str, epochs: int, reference_up_to: int, output: Path
+    sizes: list[int],
+    models: str,
+    epochs: int,
+    reference_up_to: int,
+    params: str,
+    workdir: Path | None,
+    output: Path,
 ) -> None:
-    """Time and peak memory of every stage at several sizes (see cite_bench.benchmark)."""
+    """Time and peak memory of the pipelines run through Kedro at several sizes (see
+    cite_bench.benchmark)."""
     import sys
 
     import pandas as pd
+    from kedro.framework.cli.utils import _split_params
 
     from cite_bench.benchmark import format_report, machine_description, run_benchmark
     from cite_bench.datasets import ParquetDataset, TextDataset
@@ -120,7 +142,14 @@ def benchmark(
         )
 
     results = run_benchmark(
-        Path.cwd(), sizes, chosen, epochs, reference_up_to, after_each_size=write
+        Path.cwd(),
+        sizes,
+        chosen,
+        epochs,
+        reference_up_to,
+        workdir=workdir.resolve() if workdir else None,
+        after_each_size=write,
+        runtime_params=_split_params(None, None, params) if params else {},
     )
     click.echo(format_report(results, machine, command))
 

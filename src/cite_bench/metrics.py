@@ -13,10 +13,9 @@ it should be in one), and test it in ``tests/test_metrics.py``.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -48,6 +47,9 @@ class Metric:
     compute: Callable[[ScoringData], float]
     needs: frozenset[str]
     description: str = ""
+    # Reads the Leiden clusterings: scoring starts them in the background first and computes
+    # these metrics last, so that the others run meanwhile.
+    uses_clusters: bool = False
 
 
 # --- bio conservation ---------------------------------------------------------------------
@@ -94,10 +96,11 @@ def isolated_label_asw(data: ScoringData) -> float:
 
 
 def isolated_label_f1(data: ScoringData) -> float:
-    """Best F1 of a Leiden cluster against each isolated label (scib's definition)."""
+    """Best F1 of a Leiden cluster against each isolated label (scib's definition), over
+    every resolution of the Leiden seeds that searched them all."""
     _require_isolated_labels(data)
     label, batch = data.columns["label"], data.columns["batch"]
-    by_seed = data.clusterings_by_seed
+    by_seed = data.full_sweeps
     with data.profile("isolated_label_f1"):
         scores = [
             isolated_label_f1_score(data.adata.obs, label, batch, clusterings)
@@ -152,38 +155,23 @@ def ilisi(data: ScoringData) -> float:
 
 
 def kbet(data: ScoringData) -> float:
-    """kBET acceptance rate per cell type (scib-metrics' ``kbet_per_label``)."""
-    import scib_metrics
+    """kBET acceptance rate per cell type (scib-metrics' ``kbet_per_label``, computed as
+    ``cite_bench.kbet`` explains)."""
     from scipy.sparse.linalg import ArpackError, ArpackNoConvergence
 
-    with data.profile("kbet"), _arpack_started_from(data.params["seed"]):
+    from cite_bench.kbet import kbet_per_label
+
+    with data.profile("kbet"):
         try:
-            return float(scib_metrics.kbet_per_label(data.neighbours, data.batches, data.labels))
+            return kbet_per_label(
+                data.neighbours.knn_graph_connectivities,
+                data.batches,
+                data.labels,
+                seed=data.params["seed"],
+            )
         except (ArpackError, ArpackNoConvergence) as exc:
             # Its per-label diffusion map can fail on degenerate geometry (identical points).
             raise MetricNotComputable(f"kBET's diffusion map failed ({exc})") from exc
-
-
-@contextlib.contextmanager
-def _arpack_started_from(seed: int) -> Iterator[None]:
-    """scipy's ``eigsh`` with a seeded start vector, for kBET's diffusion maps. By default
-    ARPACK draws it from a generator that every earlier ARPACK call in the process advances
-    (PCA, UMAP, other embeddings' kBET), so kBET differed in the third decimal between two
-    runs in one process."""
-    from scipy.sparse import linalg
-
-    original = linalg.eigsh
-
-    def eigsh(matrix: Any, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("v0") is None:
-            kwargs["v0"] = np.random.default_rng(seed).uniform(-1, 1, matrix.shape[0])
-        return original(matrix, *args, **kwargs)
-
-    linalg.eigsh = eigsh
-    try:
-        yield
-    finally:
-        linalg.eigsh = original
 
 
 def pcr_comparison(data: ScoringData) -> float:
@@ -211,8 +199,8 @@ def _needs(*requirements: str) -> frozenset[str]:
 METRICS: dict[str, Metric] = {
     metric.key: metric
     for metric in (
-        Metric("ari", "ARI", "bio", ari, _needs(LABELS)),
-        Metric("nmi", "NMI", "bio", nmi, _needs(LABELS)),
+        Metric("ari", "ARI", "bio", ari, _needs(LABELS), uses_clusters=True),
+        Metric("nmi", "NMI", "bio", nmi, _needs(LABELS), uses_clusters=True),
         Metric("asw_label", "ASW", "bio", asw_label, _needs(LABELS, EMBEDDING)),
         Metric(
             "graph_connectivity",
@@ -230,7 +218,14 @@ METRICS: dict[str, Metric] = {
             isolated_label_asw,
             _needs(LABELS, EMBEDDING),
         ),
-        Metric("isolated_label_f1", "Isolated label F1", "bio", isolated_label_f1, _needs(LABELS)),
+        Metric(
+            "isolated_label_f1",
+            "Isolated label F1",
+            "bio",
+            isolated_label_f1,
+            _needs(LABELS),
+            uses_clusters=True,
+        ),
         Metric("clisi", "Graph cLISI", "bio", clisi, _needs(LABELS)),
         Metric(
             "cell_cycle",

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -22,6 +23,7 @@ from pydantic import (
 
 from cite_bench.methods import METHODS
 from cite_bench.metrics import PRESETS, select_metrics
+from cite_bench.pipelines.modelling.nodes import MULTIGRATE_MONITOR
 from cite_bench.seeds import parse_seeds
 
 Seed = Field(ge=0)
@@ -71,6 +73,13 @@ class Hyperparameters(BaseModel):
     n_iterations: PositiveInt | None = None
     batch_size: PositiveInt | None = None
     convergence_mode: Literal["fast", "medium", "slow"] | None = None
+    # Early stopping (totalVI, Multigrate): null leaves the library's default.
+    early_stopping: bool | None = None
+    early_stopping_patience: PositiveInt | None = None
+    early_stopping_monitor: (
+        Literal["elbo_validation", "reconstruction_loss_validation", "kl_local_validation"] | None
+    ) = None
+    train_size: float | None = Field(default=None, gt=0, le=1)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     train_kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -104,6 +113,9 @@ class Evaluation(_Block):
     leiden_resolutions: tuple[PositiveFloat, PositiveFloat, PositiveInt]
     leiden_flavor: Literal["igraph", "leidenalg"]
     leiden_seeds: list[int] = Field(min_length=1)
+    leiden_seed_window: NonNegativeInt | None = None
+    leiden_processes: PositiveInt | Literal["auto"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Seed
 
     @field_validator("metrics")
@@ -140,6 +152,18 @@ class Parameters(BaseModel):
     modelling: dict[str, Model]
     evaluation: Evaluation
     cluster: Cluster | None = None
+
+    @field_validator("modelling")
+    @classmethod
+    def _multigrate_monitor(cls, value: dict[str, Model]) -> dict[str, Model]:
+        block = value.get("multigrate")
+        monitor = block.hyperparameters.early_stopping_monitor if block else None
+        if monitor not in (None, MULTIGRATE_MONITOR):
+            raise ValueError(
+                "modelling.multigrate.hyperparameters.early_stopping_monitor: Multigrate's "
+                f"train() always monitors {MULTIGRATE_MONITOR}; leave it out"
+            )
+        return value
 
     @field_validator("seeds", mode="before")
     @classmethod

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import Any
@@ -23,13 +24,32 @@ import pandas as pd
 import scanpy as sc
 
 from cite_bench.knn_graph import neighbours_of, subset_neighbours
+from cite_bench.leiden import LeidenRunner, Task, processes_for
+from cite_bench.neighbours import exact_neighbours, search_device
 
 logger = logging.getLogger(__name__)
+# Each scoring step's wall time, at DEBUG level (the benchmark collects them).
+step_logger = logging.getLogger(f"{__name__}.steps")
 
 EMBEDDING_KEY = "X_emb"
 CLUSTER_KEY = "leiden_optimal"
 # Times (or otherwise watches) each step of the scoring; the benchmark passes one.
 Profiler = Callable[[str], AbstractContextManager[Any]]
+
+
+@contextlib.contextmanager
+def logged_step(step: str) -> Iterator[None]:
+    """Time a scoring step and log it on ``step_logger``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        wall = time.perf_counter() - started
+        step_logger.debug("%s: %.1f s", step, wall, extra={"scoring_step": step, "wall_s": wall})
+
+
+# Per Leiden seed: its clusterings, and the one that best matches the labels.
+LeidenResult = tuple[dict[int, list[np.ndarray]], dict[int, np.ndarray]]
 
 
 class MetricNotApplicable(Exception):  # noqa: N818 - reads as what it is: a reason, not a fault
@@ -100,7 +120,7 @@ class ScoringData:
         self.columns = columns
         self.params = params
         self.reference = reference
-        self.profile = profile or (lambda step: contextlib.nullcontext())
+        self.profile = profile or logged_step
         if neighbours is not None:  # a method's own graph: nothing to search
             self.__dict__["neighbours"] = neighbours
 
@@ -160,8 +180,9 @@ class ScoringData:
 
     @cached_property
     def neighbours(self) -> Any:
-        with self.profile("knn"):
-            return nearest_neighbours(self.embedding, self.params["lisi_neighbors"])
+        device = search_device(self.params.get("device", "cpu"))
+        with self.profile("knn" if device == "cpu" else f"knn ({device})"):
+            return nearest_neighbours(self.embedding, self.params["lisi_neighbors"], device)
 
     @cached_property
     def graph(self) -> ad.AnnData:
@@ -184,37 +205,99 @@ class ScoringData:
         return [int(seed) for seed in self.params.get("leiden_seeds") or [self.params["seed"]]]
 
     @cached_property
-    def clusterings_by_seed(self) -> dict[int, list[np.ndarray]]:
-        """Leiden clusters at every resolution of ``leiden_resolutions``, per Leiden seed."""
-        resolutions = np.linspace(*self.params["leiden_resolutions"]).round(3).tolist()
-        graph = self.graph
-        with self.profile("leiden"):
-            return {
-                seed: leiden_clusterings(
-                    graph, resolutions, leiden_arguments({**self.params, "seed": seed})
-                )
-                for seed in self.leiden_seeds
-            }
+    def resolutions(self) -> list[float]:
+        return np.linspace(*self.params["leiden_resolutions"]).round(3).tolist()
+
+    def start_leiden(self) -> bool:
+        """Start the Leiden search in a background thread that drives a pool of processes
+        (``leiden_processes``), so that the metrics that need no clusters are computed
+        meanwhile; the clustering metrics wait for it. Whether it started: only igraph's
+        Leiden over two processes or more (leidenalg runs through scanpy on the shared
+        AnnData, in this thread)."""
+        if "_leiden_search" in self.__dict__ or self._leiden_future is not None:
+            return False
+        if self.params["leiden_flavor"] != "igraph" or self._leiden_processes < 2:
+            return False
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.graph  # noqa: B018 - built here, in this thread, before the search reads it
+        executor = ThreadPoolExecutor(1, thread_name_prefix="leiden")
+        self._leiden_future = executor.submit(self._search_leiden)
+        executor.shutdown(wait=False)
+        return True
 
     @cached_property
-    def optimal_clusterings(self) -> dict[int, np.ndarray]:
-        """Per Leiden seed, the clustering whose NMI with the labels is highest (the first of
-        equals), as scib's ``cluster_optimal_resolution`` keeps it for ARI and NMI."""
-        import scib
+    def _leiden_processes(self) -> int:
+        n_tasks = len(self.resolutions) * len(self.leiden_seeds)
+        return processes_for(self.params.get("leiden_processes", 1), n_tasks)
 
-        adata, label = self.graph, self.columns["label"]
-        by_seed = self.clusterings_by_seed
-        best = {}
-        with self.profile("optimal_resolution"):
-            for seed, clusterings in by_seed.items():
-                best_nmi = -1.0
-                for clusters in clusterings:
-                    adata.obs["_candidate"] = pd.Categorical(clusters)
-                    score = scib.me.nmi(adata, cluster_key="_candidate", label_key=label)
-                    if score > best_nmi:
-                        best_nmi, best[seed] = score, clusters
-            del adata.obs["_candidate"]
-        return best
+    _leiden_future: Any = None
+
+    @cached_property
+    def _leiden_search(self) -> LeidenResult:
+        if self._leiden_future is not None:
+            return self._leiden_future.result()
+        return self._search_leiden()
+
+    def _search_leiden(self) -> LeidenResult:
+        """Per Leiden seed, its clusterings and the one whose NMI with the labels is highest
+        (the first of equals), as scib's ``cluster_optimal_resolution`` keeps it.
+
+        The first seed clusters at every resolution. With ``leiden_seed_window: w``, each other
+        seed clusters only at the resolutions within ``w`` steps of the first seed's best (a
+        seed moves the clusters, hardly the resolution that fits the labels best); with
+        ``null``, at every resolution too. The runs are spread over ``leiden_processes``.
+        """
+        seeds, resolutions = self.leiden_seeds, self.resolutions
+        window = self.params.get("leiden_seed_window")
+        graph, processes = self.graph, self._leiden_processes
+        by_seed: dict[int, list[np.ndarray]] = {}
+        best: dict[int, np.ndarray] = {}
+        with self.profile("leiden"), leiden_clusterer(graph, self.params, processes) as cluster:
+            by_seed[seeds[0]] = cluster([(seeds[0], r) for r in resolutions])
+            first_best = self._most_informative(by_seed[seeds[0]])
+            best[seeds[0]] = by_seed[seeds[0]][first_best]
+            if window is not None:
+                resolutions = resolutions[max(0, first_best - window) : first_best + window + 1]
+            others = cluster([(seed, r) for seed in seeds[1:] for r in resolutions])
+            for number, seed in enumerate(seeds[1:]):
+                by_seed[seed] = others[number * len(resolutions) : (number + 1) * len(resolutions)]
+                best[seed] = by_seed[seed][self._most_informative(by_seed[seed])]
+        return by_seed, best
+
+    def _most_informative(self, clusterings: list[np.ndarray]) -> int:
+        """The position of the clustering with the highest NMI with the labels (first of
+        equals): scib's ``nmi`` (sklearn's, arithmetic mean), without writing to ``obs``,
+        which other metrics read meanwhile."""
+        from sklearn.metrics import normalized_mutual_info_score
+
+        labels = self.adata.obs[self.columns["label"]].tolist()
+        scores = [
+            normalized_mutual_info_score(clusters.tolist(), labels, average_method="arithmetic")
+            for clusters in clusterings
+        ]
+        return int(np.argmax(scores))
+
+    @property
+    def clusterings_by_seed(self) -> dict[int, list[np.ndarray]]:
+        """Each Leiden seed's clusterings (see ``_leiden_search``)."""
+        return self._leiden_search[0]
+
+    @property
+    def full_sweeps(self) -> dict[int, list[np.ndarray]]:
+        """The seeds' clusterings at every resolution (only the first seed's when the others
+        searched a window): what isolated-label F1, a best over all resolutions, reads."""
+        n_resolutions = len(self.resolutions)
+        return {
+            seed: clusterings
+            for seed, clusterings in self.clusterings_by_seed.items()
+            if len(clusterings) == n_resolutions
+        }
+
+    @property
+    def optimal_clusterings(self) -> dict[int, np.ndarray]:
+        """Per Leiden seed, its clustering with the highest NMI with the labels."""
+        return self._leiden_search[1]
 
     def mean_over_leiden_seeds(self, key: str, score: Callable[[np.ndarray], float]) -> float:
         """The mean of ``score(optimal clusters)`` over the Leiden seeds; the spread is kept in
@@ -246,19 +329,12 @@ class ScoringData:
             )
 
 
-def nearest_neighbours(matrix: np.ndarray, n_neighbors: int) -> Any:
-    """Exact nearest neighbours of every cell, itself first (deterministic, unlike approximate
-    search): one search serves the Leiden graph, graph connectivity, LISI and kBET."""
+def nearest_neighbours(matrix: np.ndarray, n_neighbors: int, device: str = "cpu") -> Any:
+    """Exact nearest neighbours of every cell, itself first (``cite_bench.neighbours``): one
+    search serves the Leiden graph, graph connectivity, LISI and kBET."""
     from scib_metrics.nearest_neighbors import NeighborsResults
-    from sklearn.neighbors import NearestNeighbors
 
-    k = min(n_neighbors, matrix.shape[0] - 1)
-    distances, indices = NearestNeighbors(n_neighbors=k).fit(matrix).kneighbors(matrix)
-    # A brute-force search (sklearn's choice above 15 dimensions) computes |x|^2 - 2x.y + |y|^2,
-    # which leaves rounding noise (~1e-7, CPU-dependent) instead of 0 as a cell's distance to
-    # itself; UMAP's connectivities would take it for the nearest neighbour's distance and
-    # reweight that cell's edges. scanpy zeroes it after its own search; so do we.
-    distances[indices == np.arange(indices.shape[0])[:, None]] = 0
+    indices, distances = exact_neighbours(matrix, n_neighbors, device)
     return NeighborsResults(indices=indices, distances=distances)
 
 
@@ -287,49 +363,41 @@ class PrecomputedNeighbors:
         )
 
 
-def leiden_arguments(params: Mapping[str, Any]) -> dict[str, Any]:
-    """``igraph`` (scanpy's coming default, ~10x faster) or ``leidenalg`` (what scib used)."""
-    if params["leiden_flavor"] == "igraph":
-        return {
-            "random_state": params["seed"],
-            "flavor": "igraph",
-            "n_iterations": 2,
-            "directed": False,
-        }
-    return {"random_state": params["seed"], "flavor": "leidenalg"}
+# igraph's Leiden as ``sc.tl.leiden(flavor="igraph")`` runs it (scanpy's coming default).
+IGRAPH_ITERATIONS = 2
 
 
-def leiden_clusterings(
-    adata: ad.AnnData, resolutions: list[float], leiden: dict[str, Any]
-) -> list[np.ndarray]:
-    """Leiden clusters of the kNN graph at each resolution, computed once for every metric.
+@contextlib.contextmanager
+def leiden_clusterer(
+    adata: ad.AnnData, params: Mapping[str, Any], processes: int = 1
+) -> Iterator[Callable[[Sequence[Task]], list[np.ndarray]]]:
+    """A function that clusters the kNN graph of ``adata`` at (seed, resolution) pairs.
 
-    With igraph, the graph is converted once and each resolution calls igraph directly, as
-    ``sc.tl.leiden(flavor="igraph")`` does (same graph, arguments and random state, hence the
-    same clusters; a test checks it), instead of converting it again for every resolution:
-    that conversion took ~40% of the time at 90,000 cells.
+    ``igraph`` (``params["leiden_flavor"]``): the graph is converted once per process and each
+    pair gives exactly the clusters of ``sc.tl.leiden(flavor="igraph", n_iterations=2,
+    directed=False)`` with that seed (``cite_bench.leiden``), over ``processes`` processes.
+    ``leidenalg`` (what scib uses, ~10x slower): ``sc.tl.leiden(flavor="leidenalg")`` here,
+    in this process.
     """
-    if leiden["flavor"] != "igraph":
+    if params["leiden_flavor"] == "igraph":
+        with LeidenRunner(adata.obsp["connectivities"], IGRAPH_ITERATIONS, processes) as run:
+            yield run
+        return
+
+    def leidenalg(tasks: Sequence[Task]) -> list[np.ndarray]:
         clusterings = []
-        for resolution in resolutions:
-            sc.tl.leiden(adata, resolution=resolution, key_added="_leiden", **leiden)
+        for seed, resolution in tasks:
+            sc.tl.leiden(
+                adata,
+                resolution=resolution,
+                key_added="_leiden",
+                random_state=seed,
+                flavor="leidenalg",
+            )
             clusterings.append(adata.obs.pop("_leiden").to_numpy())
         return clusterings
-    from scanpy._utils import get_igraph_from_adjacency
-    from scanpy._utils.random import set_igraph_random_state
 
-    graph = get_igraph_from_adjacency(adata.obsp["connectivities"], directed=False)
-    clusterings = []
-    for resolution in resolutions:
-        with set_igraph_random_state(leiden["random_state"]):
-            partition = graph.community_leiden(
-                objective_function="modularity",
-                weights="weight",
-                resolution=resolution,
-                n_iterations=leiden["n_iterations"],
-            )
-        clusterings.append(np.asarray(partition.membership).astype(str))
-    return clusterings
+    yield leidenalg
 
 
 def isolated_labels(obs: pd.DataFrame, label: str, batch: str) -> list[str]:

@@ -18,11 +18,9 @@ seed (as another seed does): the README states by how much; these tests do not c
 
 from __future__ import annotations
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import scanpy as sc
 import scib
 
 from cite_bench.pipelines.evaluation.nodes import score_embedding
@@ -92,19 +90,6 @@ def _check(result: dict, columns) -> None:
     assert fast["graph_connectivity"] == pytest.approx(
         scib.me.graph_connectivity(theirs, label_key=label), abs=1e-12
     )
-
-
-@pytest.fixture(scope="module")
-def starter_embedding(starter_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A PCA of the real starter RNA: 600 BMMC cells, 41 types, 2 batches."""
-    rna = ad.read_h5ad(starter_dir / "rna.h5ad")
-    rna.X = rna.layers["counts"].copy()
-    sc.pp.normalize_total(rna, target_sum=1e4)
-    sc.pp.log1p(rna)
-    sc.pp.pca(rna, n_comps=20, random_state=0)
-    cells = rna.obs.copy()
-    cells["cell_type"] = cells["cell_type"].astype("category")
-    return pd.DataFrame(rna.obsm["X_pca"], index=rna.obs_names), cells
 
 
 def test_fast_path_matches_scib_on_real_data(starter_embedding, columns):

@@ -4,10 +4,13 @@ registry and their settings from the shipped configuration, shortened for tests.
 
 from __future__ import annotations
 
+import anndata as ad
+import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
 from kedro.config import OmegaConfigLoader
+from scipy import sparse
 
 from cite_bench.datasets import ModelDataset
 from cite_bench.knn_graph import neighbours_of
@@ -226,3 +229,149 @@ def test_controls_that_need_labels_are_skipped_with_the_reason(small_mudata, col
         {"enabled": False},
     )
     assert split_by_seed(stacked) == {} and "switched off" in summary["skipped"]
+
+
+# --- PCA baselines on sparse input ------------------------------------------------------------
+
+
+def _cite_mudata(rna: sparse.csr_matrix, adt: np.ndarray) -> md.MuData:
+    cells = pd.Index([f"cell{i}" for i in range(rna.shape[0])])
+
+    def modality(matrix, prefix: str) -> ad.AnnData:
+        features = pd.DataFrame(index=[f"{prefix}{j}" for j in range(matrix.shape[1])])
+        return ad.AnnData(matrix, obs=pd.DataFrame(index=cells), var=features)
+
+    return md.MuData({"rna": modality(rna, "gene"), "adt": modality(adt, "protein")})
+
+
+def _structured_cite(n_cells: int = 300, n_genes: int = 80, n_proteins: int = 10) -> md.MuData:
+    """Log counts of a few latent factors of distinct strengths, so that the leading principal
+    axes are well separated and comparable one by one; most RNA values are zero."""
+    rng = np.random.default_rng(3)
+    factors = rng.normal(size=(n_cells, 4)) * [3.0, 2.2, 1.6, 1.2]
+    rates = np.exp(0.4 * factors @ rng.normal(size=(4, n_genes)) - 2.0)
+    rna = sparse.csr_matrix(np.log1p(rng.poisson(rates)).astype(np.float32))
+    adt = factors @ rng.normal(size=(4, n_proteins)) + rng.normal(size=(n_cells, n_proteins))
+    return _cite_mudata(rna, adt.astype(np.float32))
+
+
+@pytest.mark.parametrize("method", ["pca_rna", "pca_rna_adt"])
+def test_sparse_pca_equals_the_dense_reference(method):
+    """The implicitly centred sparse PCA gives the dense PCA (the baselines' definition) up to
+    each axis's sign: same centring and scaling, variances and embedding."""
+    from sklearn.decomposition import PCA
+
+    mdata = _structured_cite()
+    rna, adt = mdata["rna"].X.toarray().astype(np.float64), mdata["adt"].X.astype(np.float64)
+    blocks = [rna] if method == "pca_rna" else [rna, adt]
+    dense = np.hstack(blocks)
+    mean = dense.mean(axis=0)
+    scale = (
+        np.ones(dense.shape[1])
+        if method == "pca_rna"
+        else np.concatenate([block.std(axis=0) * np.sqrt(block.shape[1]) for block in blocks])
+    )
+    scale = np.where(scale == 0, 1.0, scale)
+    reference = PCA(n_components=4, svd_solver="full").fit((dense - mean) / scale)
+
+    hyperparameters = {"n_latent": 4, "seed": 0, "accelerator": "cpu"}
+    model, embedding, summary = METHODS[method].train(mdata, hyperparameters, {})
+    np.testing.assert_allclose(model.mean, mean, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.scale, scale, rtol=1e-10)
+    latent = embedding.to_numpy().astype(np.float64)
+    np.testing.assert_allclose(latent.var(axis=0, ddof=1), reference.explained_variance_, rtol=1e-6)
+    expected = reference.transform((dense - mean) / scale)
+    for axis in range(4):
+        assert abs(np.corrcoef(latent[:, axis], expected[:, axis])[0, 1]) > 0.999
+        same = np.abs(model.components[axis] @ reference.components_[axis])
+        assert same == pytest.approx(1, abs=1e-8)
+    assert summary["final_training_loss"] == pytest.approx(
+        1 - reference.explained_variance_ratio_.sum(), abs=1e-10
+    )
+    # The saved model maps dense and sparse input alike.
+    np.testing.assert_allclose(model.transform(dense), model.transform(sparse.csr_matrix(dense)))
+
+
+@pytest.mark.parametrize("method", ["pca_rna", "pca_rna_adt"])
+def test_pca_baselines_never_densify_the_rna(method):
+    """Memory, without timing anything: every numpy allocation while training stays far below
+    one dense copy of the RNA matrix, so densifying it anywhere (a ``toarray``, an ``hstack``
+    of dense blocks, centring a copy) fails this test."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n_cells, n_genes = 4000, 2000
+    rna = sparse.random(n_cells, n_genes, density=0.02, format="csr", rng=rng, dtype=np.float32)
+    mdata = _cite_mudata(rna, rng.normal(size=(n_cells, 20)).astype(np.float32))
+    dense_bytes = n_cells * n_genes * 8
+    tracemalloc.start()
+    try:
+        METHODS[method].train(mdata, {"n_latent": 10, "seed": 0, "accelerator": "cpu"}, {})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < dense_bytes / 4, f"{peak / 1e6:.1f} MB; a dense copy: {dense_bytes / 1e6} MB"
+
+
+# --- early stopping (totalVI, Multigrate) -----------------------------------------------------
+
+# No validation loss can improve by this much: training stops after `patience` epochs without
+# an improvement, whatever the data, which keeps the test short and its epoch count exact.
+NEVER_IMPROVES = {"early_stopping_min_delta": 1e12}
+
+
+@pytest.mark.parametrize("method", ["totalvi", "multigrate"])
+def test_early_stopping_ends_training_and_the_summary_says_so(method, small_mudata, columns):
+    stopping = {
+        **_hyperparameters(method),
+        "early_stopping": True,
+        "early_stopping_patience": 2,
+        "max_epochs": 50,
+        "train_kwargs": NEVER_IMPROVES,
+    }
+    _, embedding, summary = METHODS[method].train(small_mudata, stopping, columns)
+    assert summary["n_epochs_trained"] == 3  # the first validation, then 2 without improvement
+    assert summary["stopped_early"] is True
+    _, again, rerun = METHODS[method].train(small_mudata, stopping, columns)
+    assert rerun["n_epochs_trained"] == 3
+    np.testing.assert_array_equal(again.to_numpy(), embedding.to_numpy())
+
+    _, _, summary = METHODS[method].train(
+        small_mudata, {**stopping, "early_stopping": False, "max_epochs": 5}, columns
+    )
+    assert summary["n_epochs_trained"] == 5
+    assert summary["stopped_early"] is False
+
+
+def test_early_stopping_settings_reach_train(monkeypatch):
+    """One place passes the settings for both models; what a block leaves out (null) keeps the
+    library's default, and ``train_kwargs`` overrides."""
+    from cite_bench.pipelines.modelling import nodes
+
+    calls = []
+
+    class Model:
+        def train(self, **kwargs):
+            calls.append(kwargs)
+
+    hyperparameters = {
+        "max_epochs": 9,
+        "accelerator": "cpu",
+        "batch_size": 32,
+        "early_stopping": True,
+        "early_stopping_patience": 4,
+        "early_stopping_monitor": "elbo_validation",
+        "train_size": None,
+        "train_kwargs": {"early_stopping_patience": 7},
+    }
+    nodes._fit(Model(), hyperparameters)
+    assert calls == [
+        {
+            "max_epochs": 9,
+            "accelerator": "cpu",
+            "batch_size": 32,
+            "early_stopping": True,
+            "early_stopping_patience": 7,
+            "early_stopping_monitor": "elbo_validation",
+        }
+    ]

@@ -7,15 +7,18 @@ MuData with an RNA modality ``rna`` and a protein modality ``adt`` or ``prot`` (
 ``ADT`` (the GEO file) and ``Gene Expression`` / ``Antibody Capture`` (10x Genomics).
 
 Memory is bounded by the raw counts: only the counts are taken from the input (the counts layer
-where there is one, and then its ``X`` is never read, so a backed AnnData keeps it on disk), RNA
-stays sparse throughout, cells are subsampled before anything is copied, and genes are cut to
-the highly variable ones before the result is kept.
+where there is one, and then its ``X`` is never read, so a backed AnnData keeps it on disk; a
+layer left on disk is read a block of cells at a time), RNA stays sparse throughout, cells are
+subsampled before anything is copied, the normalised matrix is never built whole (the highly
+variable genes are found a site at a time) and only the selected genes are normalised for the
+result.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import anndata as ad
@@ -24,6 +27,8 @@ import muon as mu
 import numpy as np
 import pandas as pd
 import scanpy as sc
+from anndata.abc import CSCDataset, CSRDataset
+from fast_array_utils import stats
 from scipy import sparse
 
 logger = logging.getLogger(__name__)
@@ -122,8 +127,9 @@ def _counts_layer(modality: ad.AnnData, layer: str, name: str) -> Any:
 
 def _input_counts(source: ad.AnnData, layer: str, name: str) -> tuple[Any, bool]:
     """The raw counts of an input: its counts layer, or else its ``X`` (users of 10x data keep
-    counts there), loaded into memory. The flag says whether ``X`` was taken; the caller checks
-    that it holds counts."""
+    counts there), as they are: in memory, or on disk for a backed AnnData (see
+    :func:`_columns`). The flag says whether ``X`` was taken; the caller checks that it holds
+    counts."""
     layers = _named_layers(source)
     if layer in layers:
         return layers[layer], False
@@ -132,10 +138,84 @@ def _input_counts(source: ad.AnnData, layer: str, name: str) -> tuple[Any, bool]
             f"{name} has no raw-count layer '{layer}' (layers: {sorted(layers) or 'none'}) and "
             "no X; set data_processing.counts_layer."
         )
-    matrix = source.X
-    # A backed AnnData hands out its X on disk: a sparse dataset or an h5py dataset.
-    matrix = matrix.to_memory() if hasattr(matrix, "to_memory") else matrix
-    return (matrix if sparse.issparse(matrix) else np.asarray(matrix)), True
+    return source.X, True
+
+
+# Stored values normalised at a time, and read from disk at a time: bounds each block's copies
+# to tens of MB, while a block read from disk stays large enough (over glibc's 32 MB) to be
+# handed back to the system as soon as it is freed.
+_BLOCK = 1 << 22
+_DISK_BLOCK = 1 << 24
+
+
+def _columns(matrix: Any, features: list[np.ndarray | None]) -> list[Any]:
+    """The columns of each mask in ``features`` (all where None) of ``matrix``, in memory.
+
+    A CSR matrix on disk (a backed AnnData's layer or ``X``) is read a block of cells at a time
+    and only the selected columns of each block are kept: reading it whole and then cutting
+    would hold the whole matrix and its RNA part together (3.6 GB for the GEO file's ~90,000
+    cells).
+    """
+    if isinstance(matrix, CSRDataset):
+        return _read_columns(matrix, features)
+    if isinstance(matrix, CSCDataset) or hasattr(matrix, "to_memory"):
+        matrix = matrix.to_memory()  # by genes on disk: no cheap way to read it by cells
+    if not sparse.issparse(matrix):
+        matrix = np.asarray(matrix)  # dense, or an h5py dataset
+    return [matrix if mask is None else matrix[:, mask] for mask in features]
+
+
+def _row_blocks(row_nnz: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Consecutive rows (start, stop) with about ``_BLOCK`` stored values each (at least one
+    row)."""
+    budget = _BLOCK
+    ends = np.cumsum(row_nnz)
+    start = 0
+    while start < row_nnz.size:
+        before = int(ends[start - 1]) if start else 0
+        stop = max(int(np.searchsorted(ends, before + budget, side="right")), start + 1)
+        yield start, stop
+        start = stop
+
+
+def _read_columns(
+    dataset: CSRDataset, features: list[np.ndarray | None]
+) -> list[sparse.csr_matrix]:
+    """See :func:`_columns`. The number of rows per block follows the number of stored values
+    in the last block."""
+    n_rows, n_cols = dataset.shape
+    parts: list[list[sparse.csr_matrix]] = [[] for _ in features]
+    start, rows = 0, 64
+    while start < n_rows:
+        block = sparse.csr_matrix(dataset[start : start + rows])
+        for mask, kept in zip(features, parts, strict=True):
+            kept.append(block if mask is None else block[:, mask])
+        start += block.shape[0]
+        rows = int(np.clip(rows * _DISK_BLOCK / max(block.nnz, 1), 1, 4 * rows))
+        del block
+    widths = [n_cols if mask is None else int(np.count_nonzero(mask)) for mask in features]
+    return [_stacked(kept, width) for kept, width in zip(parts, widths, strict=True)]
+
+
+def _stacked(parts: list[sparse.csr_matrix], n_cols: int) -> sparse.csr_matrix:
+    """``sparse.vstack(parts)``, emptying ``parts``: each part is freed once copied, where
+    vstack would hold all parts and the result together (twice the memory)."""
+    nnz = sum(part.nnz for part in parts)
+    n_rows = sum(part.shape[0] for part in parts)
+    small = max(nnz, n_cols) <= np.iinfo(np.int32).max
+    data = np.empty(nnz, dtype=parts[0].dtype if parts else np.float32)
+    indices = np.empty(nnz, dtype=np.int32 if small else np.int64)
+    indptr = np.zeros(n_rows + 1, dtype=indices.dtype)
+    row = stored = 0
+    parts.reverse()
+    while parts:
+        part = parts.pop()
+        data[stored : stored + part.nnz] = part.data
+        indices[stored : stored + part.nnz] = part.indices
+        indptr[row + 1 : row + 1 + part.shape[0]] = part.indptr[1:] + stored
+        row, stored = row + part.shape[0], stored + part.nnz
+        del part
+    return sparse.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols))
 
 
 # Values checked at a time: bounds the temporaries to a few hundred MB whatever the data size.
@@ -275,11 +355,27 @@ def _counts_modality(
     """The checked raw counts of ``source`` (of the ``features`` columns only, where given) as
     a modality whose ``X`` is its counts layer, and, apart, its cell annotations: they are kept
     once, on the MuData. Where ``source`` has a counts layer its ``X`` is never read."""
-    var = source.var if features is None else source.var.iloc[np.flatnonzero(features)]
-    _check_names(source.obs_names, var.index, name)
+    _check_names(source.obs_names, _features_var(source, features).index, name)
     counts, from_x = _input_counts(source, layer, name)
-    if features is not None:
-        counts = counts[:, features]
+    (counts,) = _columns(counts, [features])
+    return _checked_modality(source, counts, from_x, layer, name, features)
+
+
+def _features_var(source: ad.AnnData, features: np.ndarray | None) -> pd.DataFrame:
+    return source.var if features is None else source.var.iloc[np.flatnonzero(features)]
+
+
+def _checked_modality(
+    source: ad.AnnData,
+    counts: Any,
+    from_x: bool,
+    layer: str,
+    name: str,
+    features: np.ndarray | None,
+) -> CountsAndCells:
+    """``counts`` (the ``features`` columns of ``source``'s counts, in memory) checked and made
+    a modality; see :func:`_counts_modality`."""
+    var = _features_var(source, features)
     if sparse.issparse(counts) and counts.format != "csr":
         counts = sparse.csr_matrix(counts)
     problem = _count_problem(counts)
@@ -337,7 +433,16 @@ def _modalities_from_feature_types(
                 f"var['feature_types'] has no {kind} features ({_quoted(words)}; found: {found})."
             )
     _log_other_feature_types(feature_types[~(rna | adt)], "var['feature_types']")
-    return _counts_modality(raw, layer, "RNA", rna), _counts_modality(raw, layer, "ADT", adt)
+    for features, name in ((rna, "RNA"), (adt, "ADT")):
+        _check_names(raw.obs_names, _features_var(raw, features).index, name)
+    # RNA and ADT are columns of one matrix: take both in one reading of it.
+    counts, from_x = _input_counts(raw, layer, "RNA")
+    rna_counts, adt_counts = _columns(counts, [rna, adt])
+    del counts
+    return (
+        _checked_modality(raw, rna_counts, from_x, layer, "RNA", rna),
+        _checked_modality(raw, adt_counts, from_x, layer, "ADT", adt),
+    )
 
 
 def _modalities_from_mudata(
@@ -530,34 +635,180 @@ def preprocess_rna(mdata: md.MuData, params: dict[str, Any], columns: dict[str, 
     """Raw counts into ``.X`` (kept in ``layers["counts"]``), library-size normalisation,
     ``log1p``, and the most variable genes selected with the site as batch key.
 
-    The data stay sparse; scanpy works on the normalised matrix alone (its per-site copies then
-    leave the counts out), and only the selected genes are kept.
+    The result is scanpy's, value for value: ``normalize_total``, ``log1p``, then
+    ``highly_variable_genes(flavor="seurat", batch_key=site)``, then the selected genes. But the
+    normalised matrix of all genes is never built: scanpy's batch-aware selection holds it with
+    up to three copies of a site's cells (6 GB at ~90,000 cells). Normalisation and ``log1p``
+    work within each cell, so scanpy runs them on blocks of cells; the selection needs only
+    each site's per-gene statistics (:func:`_site_dispersions`); and only the selected genes
+    are normalised for the result.
     """
     layer = params["counts_layer"]
     counts = _raw_counts(mdata["rna"], layer, "RNA")
-    site = columns["site"]
-    work = ad.AnnData(
-        X=_values_copy(counts),
-        obs=mdata.obs.loc[mdata["rna"].obs_names, [site]],
-        var=pd.DataFrame(index=mdata["rna"].var_names),
+    var_names = mdata["rna"].var_names
+    sites = mdata.obs.loc[mdata["rna"].obs_names, columns["site"]]
+    n_top_genes = min(params["n_top_genes"], counts.shape[1])
+    hvg, factors = _highly_variable_genes(
+        counts, sites, params["target_sum"], n_top_genes, var_names
     )
-    sc.pp.normalize_total(work, target_sum=params["target_sum"])
-    sc.pp.log1p(work)
-    n_top_genes = min(params["n_top_genes"], work.n_vars)
-    sc.pp.highly_variable_genes(work, n_top_genes=n_top_genes, batch_key=site)
-    selected = work.var["highly_variable"].to_numpy()
+    selected = hvg["highly_variable"].to_numpy()
     var = mdata["rna"].var.loc[selected].copy()
-    for column in work.var:
-        var[column] = work.var.loc[selected, column].to_numpy()
+    for column in hvg:
+        var[column] = hvg.loc[selected, column].to_numpy()
+    selected_counts = counts[:, selected]
     rna = ad.AnnData(
-        X=work.X[:, selected],
-        obs=pd.DataFrame(index=work.obs_names),
+        X=_log_normalised(selected_counts, factors),
+        obs=pd.DataFrame(index=mdata["rna"].obs_names),
         var=var,
-        uns=dict(work.uns),
-        layers={"counts": counts[:, selected]},
+        uns={"log1p": {"base": None}, "hvg": {"flavor": "seurat"}},
+        layers={"counts": selected_counts},
     )
-    logger.info("Kept %d highly variable genes of %d.", rna.n_vars, work.n_vars)
+    logger.info("Kept %d highly variable genes of %d.", rna.n_vars, counts.shape[1])
     return rna
+
+
+def _log_normalised(counts: sparse.csr_matrix, factors: np.ndarray) -> sparse.csr_matrix:
+    """``log1p`` of ``counts`` divided by each cell's ``normalize_total`` factor (its total
+    over all genes / target_sum), as scanpy divides them: the values these genes had before the
+    cut, in a new matrix."""
+    factors = factors + (factors == 0)  # as scanpy: a cell without counts stays zero
+    data = np.empty_like(counts.data)
+    indptr = counts.indptr
+    for start, stop in _row_blocks(np.diff(indptr)):
+        stored = slice(indptr[start], indptr[stop])
+        scale = np.repeat(factors[start:stop], np.diff(indptr[start : stop + 1]))
+        np.divide(counts.data[stored], scale, out=data[stored])
+    values = sparse.csr_matrix((data, counts.indices.copy(), indptr.copy()), shape=counts.shape)
+    return sc.pp.log1p(values)
+
+
+def _site_dispersions(
+    counts: sparse.csr_matrix, rows: np.ndarray, target_sum: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and variance (``correction=1``) of each gene's ``expm1`` of the log-normalised
+    values over the ``rows`` cells of one site, computed as scanpy's ``flavor="seurat"`` does
+    (the same function on the same matrix of the site's cells, so to the last bit), which genes
+    are detected there, and the cells' normalisation factors. Only this site's values are held,
+    never all cells'; scanpy normalises them a block of cells at a time."""
+    row_nnz = np.diff(counts.indptr)[rows]
+    indptr = np.concatenate([[0], np.cumsum(row_nnz)])
+    data = np.empty(indptr[-1], dtype=np.float32)
+    indices = np.empty(indptr[-1], dtype=counts.indices.dtype)
+    detected = np.zeros(counts.shape[1], dtype=np.int64)
+    factors = np.empty(rows.size, dtype=np.float32)
+    for start, stop in _row_blocks(row_nnz):
+        block = ad.AnnData(counts[rows[start:stop]])
+        sc.pp.normalize_total(block, target_sum=target_sum, key_added="factor")
+        sc.pp.log1p(block)
+        factors[start:stop] = block.obs["factor"].to_numpy()
+        stored = slice(indptr[start], indptr[stop])
+        log_values = block.X
+        detected += np.bincount(log_values.indices[log_values.data > 0], minlength=detected.size)
+        np.expm1(log_values.data, out=data[stored])
+        indices[stored] = log_values.indices
+    values = sparse.csr_matrix((data, indices, indptr), shape=(rows.size, counts.shape[1]))
+    mean, variance = stats.mean_var(values, axis=0, correction=1)
+    return mean, variance, detected > 0, factors
+
+
+def _highly_variable_genes(
+    counts: sparse.csr_matrix,
+    sites: pd.Series,
+    target_sum: float,
+    n_top_genes: int,
+    var_names: pd.Index,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """scanpy's ``highly_variable_genes(flavor="seurat", n_top_genes=..., batch_key=...)`` on
+    the log-normalised counts, from each site's statistics: the columns and values it adds to
+    ``var``, and each cell's normalisation factor. scanpy 1.12's per-batch selection and its
+    merging of the batches, step for step; ``tests/pipelines/data_processing/test_nodes.py``
+    compares the two."""
+    sites = sites if isinstance(sites.dtype, pd.CategoricalDtype) else sites.astype("category")
+    codes = sites.cat.codes.to_numpy()
+    factors = np.full(codes.size, np.nan, dtype=np.float32)
+    per_site = []
+    for code in range(sites.cat.categories.size):
+        rows = np.flatnonzero(codes == code)
+        mean, variance, detected, factors[rows] = _site_dispersions(counts, rows, target_sum)
+        per_site.append(
+            _site_hvg(mean[detected], variance[detected], detected, n_top_genes, var_names)
+        )
+    if np.isnan(factors).any():
+        raise InputDataError(f"{int(np.isnan(factors).sum())} cells have no site.")
+    table = pd.concat(per_site, axis=0)
+    table["highly_variable"] = table["highly_variable"].astype(int)
+    table = table.groupby(table.index, observed=True).agg(
+        {
+            "means": "mean",
+            "dispersions": "mean",
+            "dispersions_norm": "mean",
+            "highly_variable": "sum",
+        }
+    )
+    table["highly_variable_nbatches"] = table["highly_variable"]
+    table["highly_variable_intersection"] = table["highly_variable_nbatches"] == len(per_site)
+    # Genes chosen by most sites first, ties broken by the mean normalised dispersion.
+    table = table.sort_values(
+        ["highly_variable_nbatches", "dispersions_norm"], ascending=False, na_position="last"
+    )
+    table["highly_variable"] = np.arange(table.shape[0]) < n_top_genes
+    table = table.loc[var_names]
+    hvg = pd.DataFrame(
+        {
+            "highly_variable": table["highly_variable"],
+            "means": table["means"],
+            "dispersions": table["dispersions"],
+            "dispersions_norm": table["dispersions_norm"].astype(np.float32),
+            "highly_variable_nbatches": table["highly_variable_nbatches"],
+            "highly_variable_intersection": table["highly_variable_intersection"],
+        }
+    )
+    return hvg, factors
+
+
+# Bins of mean expression within which scanpy's 'seurat' flavour normalises dispersions.
+_HVG_BINS = 20
+
+
+def _site_hvg(
+    mean: np.ndarray,
+    variance: np.ndarray,
+    detected: np.ndarray,
+    n_top_genes: int,
+    var_names: pd.Index,
+) -> pd.DataFrame:
+    """One site's selection from the detected genes' statistics, as scanpy's 'seurat' flavour
+    makes it: log dispersions normalised within bins of mean expression, the top genes by
+    normalised dispersion; genes not detected in the site get zeros."""
+    mean = mean.copy()
+    mean[mean == 0] = 1e-12
+    dispersion = variance / mean
+    dispersion[dispersion == 0] = np.nan
+    dispersion = np.log(dispersion)
+    mean = np.log1p(mean)
+    table = pd.DataFrame({"means": mean, "dispersions": dispersion})
+    bins = pd.cut(table["means"], bins=_HVG_BINS)
+    table["mean_bin"] = bins.cat.set_categories(bins.cat.categories.astype("string"), rename=True)
+    grouped = table.groupby("mean_bin", observed=True)["dispersions"]
+    bin_stats = grouped.agg(avg="mean", dev="std")
+    # A gene alone in its bin has no spread: its normalised dispersion is set to 1.
+    alone = bin_stats["dev"].isnull()
+    bin_stats.loc[alone, "dev"] = bin_stats.loc[alone, "avg"]
+    bin_stats.loc[alone, "avg"] = 0
+    bin_stats = bin_stats.loc[table["mean_bin"]].set_index(table.index)
+    table["dispersions_norm"] = (table["dispersions"] - bin_stats["avg"]) / bin_stats["dev"]
+    norm = table["dispersions_norm"].to_numpy()
+    ranked = norm[~np.isnan(norm)]
+    n_top = min(n_top_genes, detected.sum(), ranked.size)
+    ranked[::-1].sort()
+    table["highly_variable"] = np.nan_to_num(norm, nan=-np.inf) >= ranked[n_top - 1]
+    table.index = var_names[detected]
+    if not detected.all():
+        missing = pd.DataFrame(np.zeros(((~detected).sum(), table.shape[1])), columns=table.columns)
+        missing["highly_variable"] = missing["highly_variable"].astype(bool)
+        missing.index = var_names[~detected]
+        table = pd.concat([table, missing]).loc[var_names]
+    return table
 
 
 def preprocess_adt(mdata: md.MuData, params: dict[str, Any]) -> ad.AnnData:
@@ -565,14 +816,6 @@ def preprocess_adt(mdata: md.MuData, params: dict[str, Any]) -> ad.AnnData:
     adt = _with_raw_counts(mdata["adt"], params["counts_layer"], "ADT")
     mu.prot.pp.clr(adt, axis=params["clr_axis"])
     return adt
-
-
-def _values_copy(counts: sparse.csr_matrix) -> sparse.csr_matrix:
-    """A copy of ``counts`` to normalise in place. Normalisation and ``log1p`` only rewrite the
-    values, so a canonical matrix lends its index arrays: half a copy of the counts is saved."""
-    if not counts.has_canonical_format:
-        return counts.copy()
-    return sparse.csr_matrix((counts.data.copy(), counts.indices, counts.indptr), counts.shape)
 
 
 def _with_raw_counts(modality: ad.AnnData, layer: str, name: str) -> ad.AnnData:

@@ -14,6 +14,7 @@ get.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from cite_bench.methods import METHODS, SCALING_ROLES, Method, role_of
 from cite_bench.metrics import (
@@ -120,9 +122,28 @@ def score_embedding(
         adata, neighbours = embedding_anndata(embedding, cells), None
     reference = None if unintegrated is None else _aligned(unintegrated, adata)
     data = ScoringData(adata, columns, params, reference, profile, neighbours)
-    rows = []
-    for metric in select_metrics(params["metrics"]):
-        value, note = np.nan, unmet_requirement(metric, data, columns, is_reference, output)
+    metrics = select_metrics(params["metrics"])
+    unmet = {
+        metric.key: unmet_requirement(metric, data, columns, is_reference, output)
+        for metric in metrics
+    }
+    in_background = any(metric.uses_clusters and not unmet[metric.key] for metric in metrics)
+    in_background = in_background and data.labelled.start_leiden()
+    # The clustering metrics last: the Leiden search runs meanwhile, on the cores that the
+    # other metrics leave it (one thread for them: more would only wait for a core).
+    with threadpool_limits(1) if in_background else contextlib.nullcontext():
+        rows = _score_each(metrics, unmet, data)
+    rows = [rows[metric.key] for metric in metrics]
+    return pd.DataFrame(rows, columns=["metric", "value", "note"])
+
+
+def _score_each(
+    metrics: list[Metric], unmet: dict[str, str], data: ScoringData
+) -> dict[str, dict[str, Any]]:
+    """Each metric's value and note (see ``score_embedding``), the clustering metrics last."""
+    rows = {}
+    for metric in sorted(metrics, key=lambda metric: metric.uses_clusters):
+        value, note = np.nan, unmet[metric.key]
         if not note:
             target = data.labelled if LABELS in metric.needs else data
             try:
@@ -142,8 +163,8 @@ def score_embedding(
             note = note or "; ".join(notes)
             if np.isnan(value) and not note:
                 note = "not computable on this embedding"
-        rows.append({"metric": metric.key, "value": value, "note": note})
-    return pd.DataFrame(rows, columns=["metric", "value", "note"])
+        rows[metric.key] = {"metric": metric.key, "value": value, "note": note}
+    return rows
 
 
 def unmet_requirement(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from scipy import sparse
 
 
 class MofaModel:
@@ -66,8 +67,11 @@ class PcaModel:
         self.features = np.asarray(features, dtype=str)
         self.mean, self.scale, self.components = mean, scale, components
 
-    def transform(self, matrix: np.ndarray) -> np.ndarray:
-        return ((matrix - self.mean) / self.scale) @ self.components.T
+    def transform(self, matrix: np.ndarray | sparse.spmatrix) -> np.ndarray:
+        """``((matrix - mean) / scale) @ components.T`` with the centring and scaling moved onto
+        the components, so that a sparse matrix is never densified (nor copied)."""
+        axes = (self.components / self.scale).T
+        return np.asarray(matrix @ axes) - self.mean @ axes
 
     def save(self, dir_path: str, overwrite: bool = False) -> None:
         target = Path(dir_path) / self.FILE_NAME

@@ -97,21 +97,41 @@ def _last_loss(history: dict[str, pd.DataFrame], key: str) -> float | None:
     return float(history[key].iloc[-1, 0])
 
 
+# Early stopping (see conf/base/parameters_modelling.yml), passed to ``train()`` where a block
+# sets them: scvi-tools' and Multigrate's ``train()`` take them alike, except that Multigrate
+# always monitors its validation reconstruction loss.
+EARLY_STOPPING_KEYS = (
+    "early_stopping",
+    "early_stopping_patience",
+    "early_stopping_monitor",
+    "train_size",
+)
+MULTIGRATE_MONITOR = "reconstruction_loss_validation"
+
+
 def _fit(model: Any, hyperparameters: dict[str, Any]) -> None:
-    """Train an scvi-tools-style model with the shared hyperparameters."""
+    """Train an scvi-tools-style model with the shared hyperparameters; ``train_kwargs`` has
+    the last word."""
+    settings = {
+        key: hyperparameters[key]
+        for key in EARLY_STOPPING_KEYS
+        if hyperparameters.get(key) is not None
+    }
     with _reproducible_torch(hyperparameters.get("deterministic", True)):
         model.train(
             max_epochs=hyperparameters["max_epochs"],
             accelerator=hyperparameters["accelerator"],
             batch_size=hyperparameters["batch_size"],
-            **hyperparameters.get("train_kwargs", {}),
+            **{**settings, **hyperparameters.get("train_kwargs", {})},
         )
 
 
 def _fitted_summary(
     name: str, model: Any, mdata: md.MuData, hyperparameters: dict[str, Any], started: float
 ) -> dict[str, Any]:
-    """The training summary of an scvi-tools-style model, from its Lightning history."""
+    """The training summary of an scvi-tools-style model, from its Lightning history: the
+    epochs actually trained, fewer than ``max_epochs`` where early stopping ended training."""
+    n_epochs = len(model.history["train_loss"])
     return _summary(
         name,
         mdata,
@@ -119,7 +139,8 @@ def _fitted_summary(
         started,
         device=str(next(model.module.parameters()).device),
         final_training_loss=_last_loss(model.history, "train_loss"),
-        n_epochs_trained=len(model.history["train_loss"]),
+        n_epochs_trained=n_epochs,
+        stopped_early=n_epochs < hyperparameters["max_epochs"],
     )
 
 
@@ -249,21 +270,26 @@ def _train_pca(
     name: str,
     mdata: md.MuData,
     hyperparameters: dict[str, Any],
-    blocks: list[np.ndarray],
+    matrix: sparse.csr_matrix,
     features: pd.Index,
     scale: np.ndarray,
 ) -> TrainingResult:
-    """PCA of the side-by-side ``blocks``, centred and divided by ``scale``. A PCA is fitted in
-    one pass; its "loss" in the summary is the share of variance left unexplained."""
+    """PCA of ``matrix`` (cells x features), centred and divided by ``scale``, that never
+    densifies it: the scaling rescales the stored values and the centring stays implicit (ARPACK
+    on a sparse matrix, as ``sc.pp.pca`` does), so 90,000 cells x 2,000 HVGs need the sparse
+    matrix's memory, not 1.5 GB per dense copy. ARPACK starts from a vector drawn from the seed.
+    A PCA is fitted in one pass; its "loss" in the summary is the share of variance left
+    unexplained."""
     from sklearn.decomposition import PCA
 
     started = time.perf_counter()
-    matrix = np.hstack(blocks)
-    mean = matrix.mean(axis=0)
     scale = np.where(scale == 0, 1.0, scale)
-    n_components = min(hyperparameters["n_latent"], *matrix.shape)
-    pca = PCA(n_components=n_components, random_state=hyperparameters["seed"])
-    pca.fit((matrix - mean) / scale)
+    scaled = matrix if np.all(scale == 1) else _columns_divided(matrix, scale)
+    n_components = min(hyperparameters["n_latent"], min(matrix.shape) - 1)  # ARPACK's limit
+    pca = PCA(n_components=n_components, svd_solver="arpack", random_state=hyperparameters["seed"])
+    pca.fit(scaled)
+    del scaled
+    mean = np.asarray(matrix.mean(axis=0)).ravel()
     model = PcaModel(features.to_numpy(), mean, scale, pca.components_)
     model.unexplained_variance = float(1 - pca.explained_variance_ratio_.sum())
     summary = _summary(
@@ -278,13 +304,22 @@ def _train_pca(
     return model, _embedding_frame(model.transform(matrix), mdata["rna"].obs_names), summary
 
 
+def _columns_divided(matrix: sparse.csr_matrix, divisors: np.ndarray) -> sparse.csr_matrix:
+    """A copy of ``matrix`` with each column divided by its divisor: scaling keeps zeros zero,
+    so the copy stays as sparse as the original."""
+    scaled = matrix.copy()
+    scaled.data /= divisors[scaled.indices]
+    return scaled
+
+
 def train_pca_rna(
     mdata: md.MuData, hyperparameters: dict[str, Any], columns: dict[str, str]
 ) -> TrainingResult:
     """Unintegrated baseline: PCA of the log-normalised highly variable genes."""
-    rna = _dense(mdata["rna"].X).astype(np.float64)
+    rna = mdata["rna"]
+    matrix = sparse.csr_matrix(rna.X, dtype=np.float64)
     return _train_pca(
-        "pca_rna", mdata, hyperparameters, [rna], mdata["rna"].var_names, np.ones(rna.shape[1])
+        "pca_rna", mdata, hyperparameters, matrix, rna.var_names, np.ones(matrix.shape[1])
     )
 
 
@@ -293,11 +328,20 @@ def train_pca_rna_adt(
 ) -> TrainingResult:
     """Baseline without batch correction: PCA of RNA and ADT features side by side, each
     feature standardised and each modality weighted to carry the same total variance."""
+    from sklearn.utils.sparsefuncs import mean_variance_axis
+
     rna, adt = mdata["rna"], mdata["adt"][mdata["rna"].obs_names]
-    blocks = [_dense(rna.X).astype(np.float64), _dense(adt.X).astype(np.float64)]
-    scale = np.concatenate([block.std(axis=0) * np.sqrt(block.shape[1]) for block in blocks])
+    # RNA stays sparse; the few ADT columns are dense-ish and are stored sparse beside it.
+    matrix = sparse.hstack(
+        [sparse.csr_matrix(rna.X), sparse.csr_matrix(adt.X)], format="csr", dtype=np.float64
+    )
+    _, variance = mean_variance_axis(matrix, axis=0)
+    # Standardised, a modality's total variance is its number of features: dividing each
+    # feature by sqrt(n_features of its modality) more makes both totals 1.
+    widths = np.repeat([rna.n_vars, adt.n_vars], [rna.n_vars, adt.n_vars])
+    scale = np.sqrt(variance * widths)
     features = rna.var_names.append(adt.var_names)
-    return _train_pca("pca_rna_adt", mdata, hyperparameters, blocks, features, scale)
+    return _train_pca("pca_rna_adt", mdata, hyperparameters, matrix, features, scale)
 
 
 def train_wnn(
@@ -488,6 +532,8 @@ def train_over_seeds(
 def _summary_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One summary for all seeds: per-run means at the top (what tracking logs), runs below."""
     per_run = ("training_time_s", "final_training_loss", "n_epochs_trained")
+    # Per run only: a mean of "stopped early" over seeds would say little.
+    run_keys = (*per_run, "stopped_early")
 
     def mean(key: str) -> float | None:
         values = [run[key] for run in runs if run.get(key) is not None]
@@ -499,7 +545,7 @@ def _summary_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "seeds": [run["seed"] for run in runs],
         "device": first["device"],
         **{key: mean(key) for key in per_run},
-        "runs": [{"seed": run["seed"], **{key: run.get(key) for key in per_run}} for run in runs],
+        "runs": [{"seed": run["seed"], **{key: run.get(key) for key in run_keys}} for run in runs],
         "versions": first["versions"],
     }
 
