@@ -132,13 +132,8 @@ def run_kedro(project_path: Path, env: str | None = None, **run_kwargs) -> dict:
 
 
 # Training short enough for tests; used with runtime_params.
-FAST_TRAINING = {
-    "modelling": {
-        "mofa": {"hyperparameters": {"n_iterations": 10, "n_factors": 5}},
-        "totalvi": {"hyperparameters": {"max_epochs": 3, "n_latent": 5}},
-        "multigrate": {"hyperparameters": {"max_epochs": 3, "n_latent": 5}},
-    }
-}
+# Training short enough for tests: each method's own ``fast`` settings.
+FAST_TRAINING = {"training_length": "fast"}
 # For end-to-end tests of the pipelines' mechanics (reruns, resumes, seeds, kills): the controls
 # are scored in the tests that check them (test_default_run_on_the_demo, the starter run).
 WITHOUT_CONTROLS = {"controls": {"enabled": False}}
@@ -154,11 +149,7 @@ QUICK = {
 QUICK_CLI = ",".join(
     [
         *(f"demo.{key}={value}" for key, value in QUICK["demo"].items()),
-        *(
-            f"modelling.{model}.hyperparameters.{key}={value}"
-            for model, block in FAST_TRAINING["modelling"].items()
-            for key, value in block["hyperparameters"].items()
-        ),
+        "training_length=fast",
         "controls.enabled=false",
         "evaluation.metrics=fast",
         "evaluation.leiden_seeds=[0]",

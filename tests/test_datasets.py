@@ -18,7 +18,6 @@ from kedro.io.core import DatasetError, Version
 from scipy import sparse
 
 from cite_bench.datasets import (
-    THIRD_PARTY_MODEL_CLASSES,
     AnnDataDataset,
     CellRangerDataset,
     CellRangerSamplesDataset,
@@ -32,7 +31,7 @@ from cite_bench.datasets import (
     input_format,
     recover_interrupted_writes,
 )
-from cite_bench.pipelines.modelling.model_artifacts import PcaModel
+from cite_bench.methods.model_artifacts import PcaModel
 
 
 def test_anndata_round_trip(small_raw, tmp_path):
@@ -305,8 +304,25 @@ def test_models_round_trip_under_public_class_names(tmp_path):
     loaded = dataset.load()
     assert list(loaded) == ["seed_0", "seed_1"] and isinstance(loaded["seed_1"], PcaModel)
     recorded = json.loads((tmp_path / "pca/seed_0/model_class.json").read_text())["class"]
-    assert recorded == "cite_bench.pipelines.modelling.model_artifacts.PcaModel"
-    assert THIRD_PARTY_MODEL_CLASSES == ("scvi.model.TOTALVI", "multigrate.model.MultiVAE")
+    assert recorded == "cite_bench.methods.model_artifacts.PcaModel"
+
+
+def test_models_saved_under_the_old_module_name_still_load(tmp_path):
+    dataset = ModelDataset(filepath=str(tmp_path / "pca"))
+    dataset.save(_pca())
+    legacy = {"class": "cite_bench.pipelines.modelling.model_artifacts.PcaModel"}
+    (tmp_path / "pca/model_class.json").write_text(json.dumps(legacy))
+    assert isinstance(dataset.load(), PcaModel)
+
+
+def test_a_class_no_method_declares_is_refused_before_saving(tmp_path):
+    class Unlisted(PcaModel):
+        pass
+
+    model = Unlisted(*(getattr(_pca(), key) for key in ("features", "mean", "scale", "components")))
+    with pytest.raises(DatasetError, match="name it as the method's model_class"):
+        ModelDataset(filepath=str(tmp_path / "unlisted")).save(model)
+    assert not (tmp_path / "unlisted").exists()
 
 
 def test_a_model_class_outside_the_project_is_neither_imported_nor_run(tmp_path, monkeypatch):
@@ -320,7 +336,7 @@ def test_a_model_class_outside_the_project_is_neither_imported_nor_run(tmp_path,
         folder = tmp_path / "models" / name
         folder.mkdir(parents=True)
         (folder / "model_class.json").write_text(json.dumps({"class": name}))
-        with pytest.raises(DatasetError, match="not one of the project's model classes"):
+        with pytest.raises(DatasetError, match="not one of the model classes the methods declare"):
             ModelDataset(filepath=str(folder)).load()
     assert not marker.exists()
 

@@ -23,6 +23,11 @@ def _params(env: str | None = None) -> dict:
     return loader["parameters"]
 
 
+def _hp(params: dict, method: str) -> dict:
+    """The user's overrides of ``method``'s hyperparameters, made if absent."""
+    return params["modelling"].setdefault(method, {}).setdefault("hyperparameters", {})
+
+
 @pytest.mark.parametrize("env", [None, "geo", "starter"])
 def test_shipped_parameters_are_valid(env):
     validate_parameters(_params(env))
@@ -32,19 +37,19 @@ def test_shipped_parameters_are_valid(env):
     ("change", "message"),
     [
         (
-            lambda p: p["modelling"].update(scvi=p["modelling"]["totalvi"]),
+            lambda p: p["modelling"].update(scvi={"hyperparameters": {}}),
             "modelling.scvi: unknown",
         ),
         (
-            lambda p: p["modelling"]["totalvi"]["hyperparameters"].update(max_epochs=0),
+            lambda p: _hp(p, "totalvi").update(max_epochs=0),
             "modelling.totalvi.hyperparameters.max_epochs: Input should be greater than 0",
         ),
         (
-            lambda p: p["modelling"]["multigrate"]["hyperparameters"].update(n_latent=-3),
+            lambda p: _hp(p, "multigrate").update(n_latent=-3),
             "multigrate.hyperparameters.n_latent: Input should be greater than 0",
         ),
         (
-            lambda p: p["modelling"]["mofa"]["hyperparameters"].update(accelerator="tpu"),
+            lambda p: _hp(p, "mofa").update(accelerator="tpu"),
             "mofa.hyperparameters.accelerator: Input should be 'auto', 'cpu' or 'gpu'",
         ),
         (
@@ -52,30 +57,29 @@ def test_shipped_parameters_are_valid(env):
             "data_processing.n_top_genes",
         ),
         (
-            lambda p: p["modelling"]["totalvi"]["hyperparameters"].update(train_size=1.5),
+            lambda p: _hp(p, "totalvi").update(train_size=1.5),
             "totalvi.hyperparameters.train_size: Input should be less than or equal to 1",
         ),
         (
-            lambda p: p["modelling"]["totalvi"]["hyperparameters"].update(
-                early_stopping_monitor="elbo"
-            ),
+            lambda p: _hp(p, "totalvi").update(early_stopping_monitor="elbo"),
             "totalvi.hyperparameters.early_stopping_monitor: Input should be 'elbo_validation'",
         ),
         (
-            lambda p: p["modelling"]["multigrate"]["hyperparameters"].update(
-                early_stopping_monitor="elbo_validation"
-            ),
+            lambda p: _hp(p, "multigrate").update(early_stopping_monitor="elbo_validation"),
             "Multigrate's train\\(\\) always monitors reconstruction_loss_validation",
         ),
         (lambda p: p["data_processing"].update(clr_axis=2), "data_processing.clr_axis"),
         (lambda p: p["columns"].pop("batch"), "columns.batch: Field required"),
         (
-            lambda p: p["modelling"]["totalvi"]["hyperparameters"].update(seed=3),
+            lambda p: _hp(p, "totalvi").update(seed=3),
             "set the top-level 'seeds' list instead of a seed per model",
         ),
         (lambda p: p.update(seeds=[1, 1]), "seeds: Value error, seeds: expected distinct"),
         (lambda p: p.update(seeds="0,1"), "seeds: Value error, seeds: expected whole numbers"),
-        (lambda p: p["modelling"].pop("random_gaussian"), "modelling.random_gaussian: missing"),
+        (
+            lambda p: p.update(training_length="long"),
+            "training_length: Value error, unknown training length 'long'; known: demo, fast",
+        ),
         (
             lambda p: p["evaluation"].update(metrics="everything"),
             "evaluation.metrics: Value error, evaluation.metrics: unknown preset 'everything'",

@@ -33,7 +33,7 @@ _BASELINES = """
     import numpy as np
     from cite_bench.simulation import simulate_cite_seq
     from cite_bench.pipelines.data_processing import nodes
-    from cite_bench.pipelines.modelling.nodes import train_pca_rna, train_pca_rna_adt
+    from cite_bench.methods import METHODS
     sys.path.insert(0, {tests!r})
     from conftest import COLUMNS, PROCESSING
 
@@ -42,10 +42,9 @@ _BASELINES = """
     paired = nodes.validate_input(raw, COLUMNS, params)
     rna = nodes.preprocess_rna(paired, params, COLUMNS)
     mdata = nodes.assemble_mudata(rna, nodes.preprocess_adt(paired, params), paired)
-    settings = {{"n_latent": 20, "seed": 0, "accelerator": "cpu"}}
     embeddings = {{
-        trainer.__name__: trainer(mdata, settings, COLUMNS)[1].to_numpy()
-        for trainer in (train_pca_rna, train_pca_rna_adt)
+        name: METHODS[name].train(mdata, METHODS[name].settings(), 0, COLUMNS).output.to_numpy()
+        for name in ("pca_rna", "pca_rna_adt")
     }}
     np.savez(sys.argv[1], **embeddings)
 """

@@ -230,7 +230,9 @@ def test_a_failed_model_keeps_the_others_and_resumes(project):
     """A model that fails leaves finished work in place; `--only-missing-outputs` resumes."""
     params = {**DEMO, **FAST_TRAINING, **WITHOUT_CONTROLS, "tracking": {"enabled": False}}
     broken = copy.deepcopy(params)
-    broken["modelling"]["multigrate"]["hyperparameters"]["model_kwargs"] = {"no_such_option": 1}
+    broken["modelling"] = {
+        "multigrate": {"hyperparameters": {"model_kwargs": {"no_such_option": 1}}}
+    }
     with pytest.raises(TypeError, match="no_such_option"):
         run_kedro(project, runtime_params=broken)
     outputs = _outputs(project, "demo")

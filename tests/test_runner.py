@@ -331,7 +331,9 @@ def test_a_failing_node_stops_the_dask_run_with_its_name_and_the_rest_resumes(pr
     """The node's own error, with its name; no MLflow run left RUNNING; what was written stays
     and `--only-missing-outputs` goes on from there."""
     broken = copy.deepcopy(QUICK)
-    broken["modelling"]["multigrate"]["hyperparameters"]["model_kwargs"] = {"no_such_option": 1}
+    broken["modelling"] = {
+        "multigrate": {"hyperparameters": {"model_kwargs": {"no_such_option": 1}}}
+    }
     pipelines = ["data_processing", "modelling"]
     with pytest.raises(TypeError, match="no_such_option") as failure:
         run_kedro(

@@ -349,19 +349,14 @@ def _jax_device() -> str:
     return f"{device.platform} ({device.device_kind})"
 
 
-def _training_length(project_path: Path, model: str, epochs: int) -> tuple[dict, str | None]:
+def _training_length(model: str, epochs: int) -> tuple[dict, str | None]:
     """The runtime parameters that cut a model's training to ``epochs`` epochs (MOFA:
     iterations), and the unit; nothing for models trained in one pass."""
-    from kedro.config import OmegaConfigLoader
+    from cite_bench.methods import METHODS
 
-    from cite_bench.settings import CONFIG_LOADER_ARGS
-
-    loader = OmegaConfigLoader(
-        conf_source=str(project_path / "conf"), env=ENV, **CONFIG_LOADER_ARGS
-    )
-    hyperparameters = loader["parameters"]["modelling"][model].get("hyperparameters", {})
+    settings = METHODS[model].hyperparameters.model_fields
     for key, unit in (("max_epochs", "epoch"), ("n_iterations", "iteration")):
-        if key in hyperparameters:
+        if key in settings:
             return {"modelling": {model: {"hyperparameters": {key: epochs}}}}, unit
     return {}, None
 
@@ -417,7 +412,7 @@ def run_benchmark(
             ]
             units = {}
             for model in trained:
-                length, units[model] = _training_length(project_path, model, epochs)
+                length, units[model] = _training_length(model, epochs)
                 params = _merged(base, length)
                 run_args = {"pipeline_name": "modelling", "namespaces": [f"modelling.{model}"]}
                 stages.append((stage_kedro_run, (str(folder), f"train {model}", params, run_args)))
@@ -449,7 +444,7 @@ def run_benchmark(
                     rows.append({"n_cells": n_cells, "note": "", **row})
             for model in trained:
                 if units[model]:
-                    params = _merged(base, _training_length(project_path, model, epochs)[0])
+                    params = _merged(base, _training_length(model, epochs)[0])
                     for row in training_rows(folder, params, model, units[model]):
                         rows.append({"n_cells": n_cells, **row})
             raw.unlink(missing_ok=True)  # the largest file; nothing reads it again

@@ -639,12 +639,13 @@ class SimulatedCiteSeqDataset(AbstractDataset[None, ad.AnnData]):
         return dict(self._simulation_args)
 
 
-# Model classes a saved model may name in its model_class.json. Loading imports the class and
-# runs its ``load``, so a model folder could otherwise make the project import and run any
-# code: only these third-party classes (by public import path) and the classes defined in the
-# project's own model module are accepted. A new model class goes here or in that module.
-THIRD_PARTY_MODEL_CLASSES = ("scvi.model.TOTALVI", "multigrate.model.MultiVAE")
-PROJECT_MODEL_MODULE = "cite_bench.pipelines.modelling.model_artifacts"
+# Model classes a saved model may name in its model_class.json: the classes the methods declare
+# (``Method.model_class``, collected in ``cite_bench.methods.MODEL_CLASSES``), by public import
+# path. Loading imports the class and runs its ``load``, so a model folder could otherwise make
+# the project import and run any code.
+# Folders saved before the methods had modules of their own name the old module.
+_LEGACY_MODEL_MODULE = "cite_bench.pipelines.modelling.model_artifacts."
+_MODEL_MODULE = "cite_bench.methods.model_artifacts."
 # A model's name in models.json becomes a folder name: one plain path component, no "..".
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -663,17 +664,19 @@ def _package(dotted_name: str) -> str:
     return dotted_name.split(".", maxsplit=1)[0]
 
 
+def _model_classes() -> list[str]:
+    from cite_bench.methods import MODEL_CLASSES
+
+    return sorted(MODEL_CLASSES)
+
+
 def _allowed_model_class(recorded: object) -> type | None:
-    """The class a saved model names, if it is one of the project's model classes."""
+    """The class a saved model names, if it is one that a method declares."""
     if not isinstance(recorded, str):
         return None
-    module_name, _, class_name = recorded.rpartition(".")
-    if module_name == PROJECT_MODEL_MODULE:
-        candidate = getattr(importlib.import_module(module_name), class_name, None)
-        if isinstance(candidate, type) and candidate.__module__ == module_name:
-            return candidate
-        return None
-    for public in THIRD_PARTY_MODEL_CLASSES:
+    if recorded.startswith(_LEGACY_MODEL_MODULE):
+        recorded = _MODEL_MODULE + recorded.removeprefix(_LEGACY_MODEL_MODULE)
+    for public in _model_classes():
         if _package(recorded) != _package(public):
             continue  # import only the package the name claims
         public_module, _, public_name = public.rpartition(".")
@@ -688,13 +691,12 @@ def _class_name_to_record(model_class: type) -> str:
     """The public import path recorded for ``model_class``; refuses classes that could not be
     loaded again (a save that cannot be loaded is found out too late)."""
     own = f"{model_class.__module__}.{model_class.__qualname__}"
-    for name in (*THIRD_PARTY_MODEL_CLASSES, own):
+    for name in (*_model_classes(), own):
         if _package(name) == _package(own) and _allowed_model_class(name) is model_class:
             return name
     raise DatasetError(
-        f"ModelDataset stores only the project's model classes, not {own}: add it to "
-        f"THIRD_PARTY_MODEL_CLASSES in cite_bench/datasets.py or define it in "
-        f"{PROJECT_MODEL_MODULE}."
+        f"ModelDataset stores only the model classes the methods declare, not {own}: name it "
+        "as the method's model_class in its module (cite_bench/methods/<method>.py)."
     )
 
 
@@ -769,8 +771,8 @@ class ModelDataset(AbstractVersionedDataset[Any, Any]):
     recorded beside each model so that loading needs no configuration. The whole directory is
     replaced at once, so models of seeds no longer asked for do not linger.
 
-    Loading accepts only the project's model classes (``THIRD_PARTY_MODEL_CLASSES``,
-    ``PROJECT_MODEL_MODULE``), plain model names, and torch files without executable
+    Loading accepts only the model classes the methods declare (``Method.model_class``),
+    plain model names, and torch files without executable
     objects; model folders are still trusted input (a class's own ``load`` reads them)."""
 
     _CLASS_FILE = "model_class.json"
@@ -825,9 +827,8 @@ class ModelDataset(AbstractVersionedDataset[Any, Any]):
         model_class = _allowed_model_class(recorded)
         if model_class is None:
             raise DatasetError(
-                f"'{class_file}' names {recorded!r}, which is not one of the project's model "
-                f"classes ({', '.join(THIRD_PARTY_MODEL_CLASSES)} and those in "
-                f"{PROJECT_MODEL_MODULE}): refusing to import it."
+                f"'{class_file}' names {recorded!r}, which is not one of the model classes the "
+                f"methods declare ({', '.join(_model_classes())}): refusing to import it."
             )
         _check_torch_files(path)
         saved_data = path / "adata.h5ad"

@@ -6,6 +6,7 @@ parameter's full name, not after preprocessing or an hour of training.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from kedro.framework.hooks import hook_impl
@@ -17,13 +18,18 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    create_model,
     field_validator,
-    model_validator,
 )
 
-from cite_bench.methods import METHODS
+from cite_bench.methods import (
+    DEFAULT_LENGTH,
+    METHODS,
+    Method,
+    overrides_of,
+    training_lengths,
+)
 from cite_bench.metrics import PRESETS, select_metrics
-from cite_bench.pipelines.modelling.nodes import MULTIGRATE_MONITOR
 from cite_bench.seeds import parse_seeds
 
 Seed = Field(ge=0)
@@ -60,39 +66,25 @@ class DataProcessing(_Block):
     clr_axis: Literal[0, 1]
 
 
-class Hyperparameters(BaseModel):
-    """Shared training settings; model-specific keys are allowed, and the usual ones checked."""
-
-    model_config = ConfigDict(extra="allow")
-
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    deterministic: bool = True
-    n_latent: PositiveInt | None = None
-    n_factors: PositiveInt | None = None
-    max_epochs: PositiveInt | None = None
-    n_iterations: PositiveInt | None = None
-    batch_size: PositiveInt | None = None
-    convergence_mode: Literal["fast", "medium", "slow"] | None = None
-    # Early stopping (totalVI, Multigrate): null leaves the library's default.
-    early_stopping: bool | None = None
-    early_stopping_patience: PositiveInt | None = None
-    early_stopping_monitor: (
-        Literal["elbo_validation", "reconstruction_loss_validation", "kl_local_validation"] | None
-    ) = None
-    train_size: float | None = Field(default=None, gt=0, le=1)
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    train_kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_seed(cls, values: Any) -> Any:
-        if isinstance(values, dict) and "seed" in values:
-            raise ValueError("set the top-level 'seeds' list instead of a seed per model")
-        return values
+def _method_block(method: Method) -> type[BaseModel]:
+    """``modelling.<method>``: the method's own typed hyperparameters, every key optional (the
+    defaults are the method's)."""
+    return create_model(
+        f"{method.name}_block",
+        __config__=ConfigDict(extra="forbid"),
+        hyperparameters=(method.hyperparameters, Field(default_factory=method.hyperparameters)),
+    )
 
 
-class Model(_Block):
-    hyperparameters: Hyperparameters
+def modelling_schema(methods: Mapping[str, Method] = METHODS) -> type[BaseModel]:
+    """The ``modelling`` block composed of each method's block (none is required)."""
+    fields: dict[str, Any] = {
+        name: (_method_block(method) | None, None) for name, method in methods.items()
+    }
+    return create_model("Modelling", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+Modelling = modelling_schema()
 
 
 class Scaling(_Block):
@@ -149,19 +141,17 @@ class Parameters(BaseModel):
     data_processing: DataProcessing
     seeds: list[int]
     controls: Controls
-    modelling: dict[str, Model]
+    training_length: str = DEFAULT_LENGTH
+    modelling: Modelling = Field(default_factory=Modelling)
     evaluation: Evaluation
     cluster: Cluster | None = None
 
-    @field_validator("modelling")
+    @field_validator("training_length")
     @classmethod
-    def _multigrate_monitor(cls, value: dict[str, Model]) -> dict[str, Model]:
-        block = value.get("multigrate")
-        monitor = block.hyperparameters.early_stopping_monitor if block else None
-        if monitor not in (None, MULTIGRATE_MONITOR):
+    def _length(cls, value: str) -> str:
+        if value not in training_lengths():
             raise ValueError(
-                "modelling.multigrate.hyperparameters.early_stopping_monitor: Multigrate's "
-                f"train() always monitors {MULTIGRATE_MONITOR}; leave it out"
+                f"unknown training length {value!r}; known: {', '.join(training_lengths())}"
             )
         return value
 
@@ -172,29 +162,32 @@ class Parameters(BaseModel):
 
 
 def validate_parameters(params: dict[str, Any]) -> None:
-    """Raise :class:`ParameterError` listing every parameter that does not fit the schema."""
-    unknown = sorted(set(params.get("modelling") or {}) - set(METHODS))
+    """Raise :class:`ParameterError` listing every parameter that does not fit the schema,
+    the settings each method will train with included (defaults, training length, overrides)."""
+    modelling = params.get("modelling") or {}
     problems = [
         f"modelling.{name}: unknown method (known: {', '.join(sorted(METHODS))})"
-        for name in unknown
+        for name in sorted(set(modelling) - set(METHODS))
     ]
-    problems += [
-        f"modelling.{name}: missing (every method in cite_bench.methods needs a block)"
-        for name in METHODS
-        if name not in (params.get("modelling") or {})
-    ]
-    known = {
-        **params,
-        "modelling": {k: v for k, v in (params.get("modelling") or {}).items() if k in METHODS},
-    }
+    known = {**params, "modelling": {k: v for k, v in modelling.items() if k in METHODS}}
     try:
-        Parameters.model_validate(known)
+        checked = Parameters.model_validate(known)
     except ValidationError as exc:
-        for error in exc.errors():
-            location = ".".join(str(part) for part in error["loc"])
-            problems.append(f"{location}: {error['msg']}")
+        problems += [_problem(error) for error in exc.errors()]
+    else:
+        for name, method in METHODS.items():
+            try:
+                method.settings(overrides_of(modelling, name), checked.training_length)
+            except ValidationError as exc:
+                prefix = f"modelling.{name}.hyperparameters ({checked.training_length})"
+                problems += [f"{prefix}: {_problem(error)}" for error in exc.errors()]
     if problems:
         raise ParameterError("Invalid parameters:\n  " + "\n  ".join(problems))
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    location = ".".join(str(part) for part in error["loc"])
+    return f"{location}: {error['msg']}" if location else str(error["msg"])
 
 
 class ParameterValidationHook:

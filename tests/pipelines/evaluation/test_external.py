@@ -47,9 +47,12 @@ def starter(starter_dir, processing_params, columns):
         paired,
     )
     cells = processing.extract_cell_metadata(mdata)
-    hyperparameters = {"n_latent": 10, "seed": 0}
-    reference = METHODS["pca_rna"].train(mdata, hyperparameters, columns)[1]
-    embedding = METHODS["pca_rna_adt"].train(mdata, hyperparameters, columns)[1]
+
+    def embedding_of(name: str):
+        return METHODS[name].train(mdata, METHODS[name].settings({"n_latent": 10}), 0, columns)
+
+    reference = embedding_of("pca_rna").output
+    embedding = embedding_of("pca_rna_adt").output
     return cells, stack_seeds({0: reference}), embedding
 
 

@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
-from functools import partial
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import train_over_seeds
+from cite_bench.methods import METHODS, Method
 
-if TYPE_CHECKING:
-    from cite_bench.methods import Method
+from .nodes import train
+
+SHARED_PARAMETERS = {
+    "params:modelling",
+    "params:training_length",
+    "params:seeds",
+    "params:columns",
+    "params:controls",
+}
 
 
 def create_method_pipeline(method: Method) -> Pipeline:
-    """Train one method on the shared MuData, once per seed; its outputs and parameters live in
-    its namespace, the seeds, column names and the controls switch are shared by all."""
+    """Train one method on the shared MuData, once per seed; its outputs live in its
+    namespace, the parameters are shared by all."""
+    node_function = update_wrapper(partial(train, method), train)
     template = Pipeline(
         [
             Node(
-                partial(train_over_seeds, method),
+                node_function,
                 inputs=[
                     "cite_seq_mudata",
-                    "params:hyperparameters",
+                    "params:modelling",
+                    "params:training_length",
                     "params:seeds",
                     "params:columns",
                     "params:controls",
@@ -36,13 +45,10 @@ def create_method_pipeline(method: Method) -> Pipeline:
         template,
         namespace=f"modelling.{method.name}",
         inputs={"cite_seq_mudata"},
-        parameters={"params:seeds", "params:columns", "params:controls"},
+        parameters=SHARED_PARAMETERS,
         tags=["modelling", method.name, method.role, *(["gpu"] if method.uses_gpu else [])],
     )
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    # The registry imports this package's trainers: read it when the pipeline is built.
-    from cite_bench.methods import METHODS
-
-    return sum((create_method_pipeline(method) for method in METHODS.values()), Pipeline([]))
+def create_pipeline(methods: Mapping[str, Method] = METHODS, **kwargs) -> Pipeline:
+    return sum((create_method_pipeline(method) for method in methods.values()), Pipeline([]))

@@ -1,78 +1,88 @@
-"""Every method honours the shared contract: a saveable model, a finite embedding with one row
-per cell, and a training summary; the same seed gives the same embedding. Methods come from the
-registry and their settings from the shipped configuration, shortened for tests."""
+"""Every method honours the shared contract: a saveable model, a finite output with one row per
+cell, and a training summary; the same seed gives the same output. Methods come from the
+registry, with their own short (``fast``) settings."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import anndata as ad
 import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
-from kedro.config import OmegaConfigLoader
+from pydantic import ValidationError
 from scipy import sparse
 
 from cite_bench.datasets import ModelDataset
 from cite_bench.knn_graph import neighbours_of
-from cite_bench.methods import METHODS
-from cite_bench.pipelines.modelling.nodes import train_over_seeds
-from cite_bench.pipelines.modelling.pipeline import create_pipeline
+from cite_bench.methods import FAST_LENGTH, METHODS, MODEL_CLASSES, Trained, registry
+from cite_bench.methods.training import train_once, train_over_seeds
 from cite_bench.seeds import parse_seeds, split_by_seed
 
-from ...conftest import PROJECT_ROOT
-
-# Shorter training than the shipped defaults; everything else comes from conf/base.
-SHORTER = {
-    "mofa": {"n_factors": 4, "n_iterations": 10},
-    "totalvi": {"n_latent": 4, "max_epochs": 2, "batch_size": 128},
-    "multigrate": {"n_latent": 4, "max_epochs": 2, "batch_size": 128},
-    "wnn": {"n_neighbors": 30},
-}
 CONTROLS_ON = {"enabled": True}
 
 
-def _shipped_hyperparameters() -> dict[str, dict]:
-    loader = OmegaConfigLoader(
-        conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="base"
-    )
-    return {
-        name: block["hyperparameters"] for name, block in loader["parameters"]["modelling"].items()
-    }
+def _settings(method: str, **overrides: Any):
+    """The method's fast settings on the CPU, with ``overrides``."""
+    spec = METHODS[method]
+    if "accelerator" in spec.hyperparameters.model_fields:
+        overrides.setdefault("accelerator", "cpu")
+    return spec.settings(overrides, FAST_LENGTH)
 
 
-SHIPPED = _shipped_hyperparameters()
-
-
-def _hyperparameters(method: str, seed: int = 0) -> dict:
-    return {**SHIPPED[method], **SHORTER.get(method, {}), "seed": seed, "accelerator": "cpu"}
+def _train(mdata: md.MuData, method: str, columns: dict, seed: int = 0, **overrides) -> Trained:
+    return METHODS[method].train(mdata, _settings(method, **overrides), seed, columns)
 
 
 @pytest.fixture(scope="module", params=sorted(METHODS))
 def trained(request, small_mudata, columns):
     method = request.param
-    hyperparameters = _hyperparameters(method)
-    return method, hyperparameters, METHODS[method].train(small_mudata, hyperparameters, columns)
+    settings = _settings(method)
+    return method, settings, train_once(METHODS[method], small_mudata, settings, 0, columns)
 
 
-def test_every_registered_method_is_configured_and_wired():
-    """The registry is the list: each method has its parameter block and its namespace."""
-    assert set(SHIPPED) == set(METHODS)
-    namespaces = {node.namespace for node in create_pipeline().nodes}
-    assert namespaces == {f"modelling.{name}" for name in METHODS}
+def test_registry_refuses_a_name_declared_twice():
+    with pytest.raises(ValueError, match="Two method modules declare the name 'mofa'"):
+        registry(["mofa", "mofa"])
+
+
+def test_model_store_allow_list_is_every_declared_class():
+    assert {method.model_class for method in METHODS.values()} == MODEL_CLASSES
+    assert "scvi.model.SCVI" in MODEL_CLASSES  # scvi_rna: declared in its module only
+
+
+def test_typos_in_settings_are_refused():
+    with pytest.raises(ValidationError, match="max_epoch"):
+        METHODS["totalvi"].settings({"max_epoch": 3})
+    with pytest.raises(ValidationError, match="seeds"):
+        METHODS["totalvi"].settings({"seed": 3})
+
+
+def test_training_lengths_apply_in_order():
+    """Defaults, then the training length, then the user's overrides."""
+    totalvi = METHODS["totalvi"]
+    assert totalvi.settings().max_epochs == totalvi.hyperparameters().max_epochs
+    assert totalvi.settings(length="starter").max_epochs == 400
+    assert totalvi.settings({"max_epochs": 7}, "starter").max_epochs == 7
+    assert totalvi.settings(length="starter").batch_size == 128
+    assert METHODS["pca_rna"].settings(length="starter") == METHODS["pca_rna"].settings()
 
 
 def test_embedding_contract(trained, small_mudata):
-    model, hyperparameters, (_, embedding, summary) = trained
+    model, settings, (result, summary) = trained
+    embedding = result.output
     assert embedding.shape[0] == small_mudata.n_obs
     assert list(embedding.index) == list(small_mudata.obs_names)
     assert np.isfinite(embedding.to_numpy()).all()
     if METHODS[model].output == "graph":
-        check_graph_layout(embedding, hyperparameters["n_neighbors"])
+        check_graph_layout(embedding, settings.n_neighbors)
         return
-    width = hyperparameters.get("n_latent", hyperparameters.get("n_factors"))
+    width = getattr(settings, "n_latent", getattr(settings, "n_factors", None))
     if width is not None:  # a cell-type embedding has one dimension per type
         assert embedding.shape[1] == width
     assert embedding.to_numpy().std(axis=0).min() > 0
+    assert summary["model"] == model
     assert summary["n_cells"] == small_mudata.n_obs
     assert summary["training_time_s"] >= 0
     assert summary["device"] == "cpu"
@@ -94,7 +104,7 @@ def check_graph_layout(graph: pd.DataFrame, n_neighbors: int) -> None:
 
 
 def test_model_saves_and_loads(trained, tmp_path):
-    _, _, (trained_model, _, _) = trained
+    trained_model = trained[2][0].model
     dataset = ModelDataset(filepath=str(tmp_path / "model"))
     dataset.save(trained_model)
     loaded = dataset.load()
@@ -103,15 +113,14 @@ def test_model_saves_and_loads(trained, tmp_path):
 
 
 def test_same_seed_same_embedding(trained, small_mudata, columns):
-    model, hyperparameters, (_, embedding, _) = trained
-    _, again, _ = METHODS[model].train(small_mudata, hyperparameters, columns)
-    np.testing.assert_array_equal(again.to_numpy(), embedding.to_numpy())
+    model, settings, (result, _) = trained
+    again = METHODS[model].train(small_mudata, settings, 0, columns).output
+    np.testing.assert_array_equal(again.to_numpy(), result.output.to_numpy())
 
 
 def test_pca_rna_adt_weights_both_modalities(small_mudata, columns):
     """Each modality carries the same total variance, so neither swamps the other."""
-    hyperparameters = {"n_latent": 4, "seed": 0, "accelerator": "cpu"}
-    model, _, _ = METHODS["pca_rna_adt"].train(small_mudata, hyperparameters, columns)
+    model = _train(small_mudata, "pca_rna_adt", columns, n_latent=4).model
     n_genes = small_mudata["rna"].n_vars
     rna = small_mudata["rna"].X.toarray()
     adt = np.asarray(small_mudata["adt"].X.todense())
@@ -126,9 +135,8 @@ def test_gpu_request_without_gpu_is_a_clear_error(small_mudata, columns):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    hyperparameters = {**_hyperparameters("mofa"), "accelerator": "gpu"}
     with pytest.raises(RuntimeError, match="no CUDA device"):
-        METHODS["mofa"].train(small_mudata, hyperparameters, columns)
+        _train(small_mudata, "mofa", columns, accelerator="gpu")
 
 
 @pytest.mark.parametrize(
@@ -145,18 +153,16 @@ def test_bad_seeds_are_refused(value):
 
 
 def test_one_model_per_seed_and_seeds_differ(small_mudata, columns, tmp_path):
-    hyperparameters = _hyperparameters("totalvi")
-    del hyperparameters["seed"]
-    trainer = METHODS["totalvi"].train
+    settings = _settings("totalvi")
     models, stacked, summary = train_over_seeds(
-        METHODS["totalvi"], small_mudata, hyperparameters, [2, 5], columns, CONTROLS_ON
+        METHODS["totalvi"], small_mudata, settings, [2, 5], columns, CONTROLS_ON
     )
     assert list(models) == ["seed_2", "seed_5"]
     embeddings = split_by_seed(stacked)
     assert list(embeddings) == [2, 5]
     assert list(embeddings[2].index) == list(small_mudata.obs_names)
     assert not np.allclose(embeddings[2].to_numpy(), embeddings[5].to_numpy())
-    _, alone, _ = trainer(small_mudata, {**hyperparameters, "seed": 5}, columns)
+    alone = METHODS["totalvi"].train(small_mudata, settings, 5, columns).output
     np.testing.assert_array_equal(embeddings[5].to_numpy(), alone.to_numpy())
     assert summary["seeds"] == [2, 5]
     assert [run["seed"] for run in summary["runs"]] == [2, 5]
@@ -181,11 +187,11 @@ def test_split_by_seed_needs_the_seed_level(small_mudata):
 def test_controls_are_what_they_claim(small_mudata, columns):
     """Shuffles keep the unintegrated coordinates (only moved between cells: across all cells,
     or within each cell type), the cell-type embedding is the labels."""
-    unintegrated = METHODS["pca_rna"].train(small_mudata, _hyperparameters("pca_rna"), columns)[1]
+    unintegrated = _train(small_mudata, "pca_rna", columns).output
     labels = small_mudata.obs.loc[unintegrated.index, columns["label"]].astype(str)
 
     def embedding(method: str) -> pd.DataFrame:
-        return METHODS[method].train(small_mudata, _hyperparameters(method), columns)[1]
+        return _train(small_mudata, method, columns).output
 
     shuffled = embedding("shuffled_cells")
     within = embedding("shuffled_within_cell_types")
@@ -216,14 +222,14 @@ def test_controls_that_need_labels_are_skipped_with_the_reason(small_mudata, col
     del unlabelled.obs[columns["label"]]
     method = METHODS["cell_type_embedding"]
     models, stacked, summary = train_over_seeds(
-        method, unlabelled, SHIPPED[method.name], [0], columns, CONTROLS_ON
+        method, unlabelled, method.settings(), [0], columns, CONTROLS_ON
     )
     assert models == {} and split_by_seed(stacked) == {}
     assert "needs cell-type labels" in summary["skipped"]
     _, stacked, summary = train_over_seeds(
         METHODS["random_gaussian"],
         small_mudata,
-        SHIPPED["random_gaussian"],
+        METHODS["random_gaussian"].settings(),
         [0],
         columns,
         {"enabled": False},
@@ -274,8 +280,8 @@ def test_sparse_pca_equals_the_dense_reference(method):
     scale = np.where(scale == 0, 1.0, scale)
     reference = PCA(n_components=4, svd_solver="full").fit((dense - mean) / scale)
 
-    hyperparameters = {"n_latent": 4, "seed": 0, "accelerator": "cpu"}
-    model, embedding, summary = METHODS[method].train(mdata, hyperparameters, {})
+    result = METHODS[method].train(mdata, METHODS[method].settings({"n_latent": 4}), 0, {})
+    model, embedding = result.model, result.output
     np.testing.assert_allclose(model.mean, mean, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(model.scale, scale, rtol=1e-10)
     latent = embedding.to_numpy().astype(np.float64)
@@ -285,7 +291,7 @@ def test_sparse_pca_equals_the_dense_reference(method):
         assert abs(np.corrcoef(latent[:, axis], expected[:, axis])[0, 1]) > 0.999
         same = np.abs(model.components[axis] @ reference.components_[axis])
         assert same == pytest.approx(1, abs=1e-8)
-    assert summary["final_training_loss"] == pytest.approx(
+    assert result.final_training_loss == pytest.approx(
         1 - reference.explained_variance_ratio_.sum(), abs=1e-10
     )
     # The saved model maps dense and sparse input alike.
@@ -306,7 +312,7 @@ def test_pca_baselines_never_densify_the_rna(method):
     dense_bytes = n_cells * n_genes * 8
     tracemalloc.start()
     try:
-        METHODS[method].train(mdata, {"n_latent": 10, "seed": 0, "accelerator": "cpu"}, {})
+        METHODS[method].train(mdata, METHODS[method].settings({"n_latent": 10}), 0, {})
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -323,21 +329,21 @@ NEVER_IMPROVES = {"early_stopping_min_delta": 1e12}
 @pytest.mark.parametrize("method", ["totalvi", "multigrate"])
 def test_early_stopping_ends_training_and_the_summary_says_so(method, small_mudata, columns):
     stopping = {
-        **_hyperparameters(method),
         "early_stopping": True,
         "early_stopping_patience": 2,
         "max_epochs": 50,
         "train_kwargs": NEVER_IMPROVES,
     }
-    _, embedding, summary = METHODS[method].train(small_mudata, stopping, columns)
-    assert summary["n_epochs_trained"] == 3  # the first validation, then 2 without improvement
-    assert summary["stopped_early"] is True
-    _, again, rerun = METHODS[method].train(small_mudata, stopping, columns)
-    assert rerun["n_epochs_trained"] == 3
-    np.testing.assert_array_equal(again.to_numpy(), embedding.to_numpy())
+    first = _train(small_mudata, method, columns, **stopping)
+    assert first.n_epochs_trained == 3  # the first validation, then 2 without improvement
+    assert first.stopped_early is True
+    rerun = _train(small_mudata, method, columns, **stopping)
+    assert rerun.n_epochs_trained == 3
+    np.testing.assert_array_equal(rerun.output.to_numpy(), first.output.to_numpy())
 
-    _, _, summary = METHODS[method].train(
-        small_mudata, {**stopping, "early_stopping": False, "max_epochs": 5}, columns
+    stopping.update(early_stopping=False, max_epochs=5)
+    _, summary = train_once(
+        METHODS[method], small_mudata, _settings(method, **stopping), 0, columns
     )
     assert summary["n_epochs_trained"] == 5
     assert summary["stopped_early"] is False
@@ -346,7 +352,7 @@ def test_early_stopping_ends_training_and_the_summary_says_so(method, small_muda
 def test_early_stopping_settings_reach_train(monkeypatch):
     """One place passes the settings for both models; what a block leaves out (null) keeps the
     library's default, and ``train_kwargs`` overrides."""
-    from cite_bench.pipelines.modelling import nodes
+    from cite_bench.methods._scvi import fit
 
     calls = []
 
@@ -354,17 +360,19 @@ def test_early_stopping_settings_reach_train(monkeypatch):
         def train(self, **kwargs):
             calls.append(kwargs)
 
-    hyperparameters = {
-        "max_epochs": 9,
-        "accelerator": "cpu",
-        "batch_size": 32,
-        "early_stopping": True,
-        "early_stopping_patience": 4,
-        "early_stopping_monitor": "elbo_validation",
-        "train_size": None,
-        "train_kwargs": {"early_stopping_patience": 7},
-    }
-    nodes._fit(Model(), hyperparameters)
+    settings = METHODS["totalvi"].settings(
+        {
+            "max_epochs": 9,
+            "accelerator": "cpu",
+            "batch_size": 32,
+            "early_stopping": True,
+            "early_stopping_patience": 4,
+            "early_stopping_monitor": "elbo_validation",
+            "train_size": None,
+            "train_kwargs": {"early_stopping_patience": 7},
+        }
+    )
+    fit(Model(), settings)
     assert calls == [
         {
             "max_epochs": 9,
