@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from kedro.pipeline import Node
 
+from cite_bench.artifacts import METRICS_TABLE
 from cite_bench.methods import METHODS
 from cite_bench.parameters import Cluster
 from cite_bench.runner import DaskRunner, _check_resources, cluster_settings, resources_for
@@ -91,18 +92,7 @@ def test_a_resource_no_worker_offers_is_refused_before_any_work():
 # --- hooks on the workers ------------------------------------------------------------------
 
 
-def test_the_tracking_hook_travels_to_a_worker_and_reports_back(tmp_path):
-    hook = MlflowTrackingHook()
-    hook._tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    hook._parent, hook._children = "parent-id", {"mofa": "child-id"}
-    hook._client = object()  # a live client does not travel
-    copy = pickle.loads(pickle.dumps(hook.worker_hooks()))
-    assert copy._children == {"mofa": "child-id"} and copy._client is not None
-    assert copy._client.tracking_uri == hook._tracking_uri
-    copy._failed = {"child-id": ["mofa metrics"]}
-    hook.merge_worker_report(copy.worker_report())
-    assert hook._failed == {"child-id": ["mofa metrics"]}
-    assert copy.worker_report() == {}  # a report is sent once
+# The tracking hook's worker copies and reports: tests/test_tracking_hook.py (in-memory store).
 
 
 def test_mudata_results_travel_between_workers(small_mudata):
@@ -302,7 +292,7 @@ def _track_a_scored_run(project: Path, tracking_uri: str) -> None:
         for (name, method), nmi in zip(METHODS.items(), NMI, strict=False)
         for metric, value in (("nmi", nmi), ("overall", nmi - 0.1))
     ]  # fmt: skip
-    hook.after_dataset_saved("metrics_table", pd.DataFrame(rows))
+    hook.after_dataset_saved(METRICS_TABLE, pd.DataFrame(rows))
     hook.after_pipeline_run()
 
 

@@ -207,7 +207,7 @@ def test_a_busy_store_is_retried_and_a_bad_request_is_not(monkeypatch):
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
     waits: list[float] = []
-    monkeypatch.setattr("cite_bench.tracking.time.sleep", waits.append)
+    monkeypatch.setattr("cite_bench.tracking.store.time.sleep", waits.append)
     answers = iter(
         [
             MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE),
