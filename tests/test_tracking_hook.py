@@ -202,6 +202,9 @@ def test_a_full_run_logs_params_metrics_artifacts_and_tags_per_model(tmp_path, s
         assert {k: run.params[f"model.{k}"] for k in hyperparameters} == {
             k: str(v) for k, v in hyperparameters.items()
         }
+        # What it trained with, not only what was overridden: the defaults too.
+        assert run.params["model.accelerator"] == "auto"
+        assert run.params["training_length"] == "demo"
         [(seed0, seed1)] = [tuple(SCORES[model].values())]
         expected = {
             "nmi": (seed0[0] + seed1[0]) / 2,

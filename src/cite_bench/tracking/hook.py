@@ -13,8 +13,8 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
 
-from cite_bench.artifacts import EVALUATION, MODELLING, Tracked, tracked
-from cite_bench.methods import role_of
+from cite_bench.artifacts import EVALUATION, Tracked, tracked
+from cite_bench.methods import METHODS, resolved_settings, role_of
 from cite_bench.redaction import redact_error
 from cite_bench.seeds import parse_seeds
 from cite_bench.tracking.config import TrackingConfig, check_reachable, resolve_config
@@ -141,11 +141,13 @@ class MlflowTrackingHook:
         }
         seeds = " ".join(str(seed) for seed in parse_seeds(self._params.get("seeds", [0])))
         shared_params["seeds"] = seeds
+        shared_params["training_length"] = str(self._params.get("training_length", "demo"))
         with self._safely("parameters", self._parent):
             store.log_params(self._parent, shared_params)
         for model in [*models_in(pipeline), *self._external_methods(run_params, pipeline)]:
+            # What the model trains with: its defaults, the training length and the overrides.
             hyperparameters = (
-                self._params.get(MODELLING, {}).get(model, {}).get("hyperparameters", {})
+                resolved_settings(self._params, model).model_dump() if model in METHODS else {}
             )
             tags = {
                 **shared_tags,

@@ -18,7 +18,7 @@ TRAINING_METRICS = ("training_time_s", "final_training_loss", "n_epochs_trained"
 
 def summarise_over_seeds(metrics: pd.DataFrame) -> pd.DataFrame:
     """The reporting code's summary over seeds: tracking's one import of it."""
-    from cite_bench.pipelines.evaluation.nodes import summarise_over_seeds as summarise
+    from cite_bench.reporting import summarise_over_seeds as summarise
 
     return summarise(metrics)
 
