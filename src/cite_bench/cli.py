@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from cite_bench.artifacts import METRICS_TABLE
 from cite_bench.download import GEO_FILE, GEO_URL, DownloadError, download
 from cite_bench.methods import METHODS
 
@@ -196,7 +197,7 @@ def matrix(
         scored_methods_only,
         tail,
     )
-    from cite_bench.pipelines.evaluation.figures import plot_matrix_summary
+    from cite_bench.reporting.figures import plot_matrix_summary
     from cite_bench.runner import cluster_settings, connected
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -211,7 +212,7 @@ def matrix(
     with connected(settings) as client:
         statuses = run_all(project, runs, client.scheduler.address, params, output / "logs")
     finished = {
-        run.dataset: run.catalog.load("metrics_table") for run in runs if statuses[run.dataset] == 0
+        run.dataset: run.catalog.load(METRICS_TABLE) for run in runs if statuses[run.dataset] == 0
     }
     if finished:
         combined = combine(finished)
