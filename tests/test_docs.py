@@ -7,11 +7,11 @@ registries and with registries that carry a new entry, which must show up.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import runpy
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -49,10 +49,11 @@ def test_the_methods_page_lists_every_method_with_its_spec():
 
 
 def test_a_new_method_shows_up_on_the_methods_page():
-    template = next(iter(METHODS.values()))
-    new = dataclasses.replace(template, name="scvi_rna_test", uses_gpu=True, description="New")
-    rows = _rows(GEN["methods_page"]({**METHODS, new.name: new}))
-    assert rows["scvi_rna_test"][1:] == [template.role, template.output, "yes", "", "New"]
+    new = SimpleNamespace(
+        role="integrated", output="graph", uses_gpu=True, needs_labels=True, description="New"
+    )
+    rows = _rows(GEN["methods_page"]({**METHODS, "scvi_rna_test": new}))
+    assert rows["scvi_rna_test"][1:] == ["integrated", "graph", "yes", "yes", "New"]
 
 
 def test_the_metrics_page_lists_every_metric_with_its_needs_and_presets():
@@ -70,13 +71,12 @@ def test_the_metrics_page_lists_every_metric_with_its_needs_and_presets():
 
 
 def test_a_new_metric_and_preset_show_up_on_the_metrics_page():
-    template = next(iter(METRICS.values()))
-    new = dataclasses.replace(template, key="toy", name="Toy", description="A toy metric")
+    new = SimpleNamespace(
+        name="Toy", group="bio", needs=frozenset({"labels"}), description="A toy metric"
+    )
     page = GEN["metrics_page"]({**METRICS, "toy": new}, {**PRESETS, "toys": ("toy",)})
     rows = _rows(page.split("## Presets")[0])
-    assert rows["toy"][1] == "Toy"
-    assert rows["toy"][4] == "toys"
-    assert rows["toy"][5] == "A toy metric"
+    assert rows["toy"][1:] == ["Toy", "bio", "labels", "toys", "A toy metric"]
     assert _rows(page.split("## Presets")[1])["toys"][1] == "`toy`"
 
 
