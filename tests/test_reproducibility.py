@@ -118,7 +118,9 @@ def test_a_fresh_demo_run_reproduces_the_readme_table_within_the_stated_toleranc
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    readme = _numbers((PROJECT_ROOT / "README.md").read_text().split("It gave:", 1)[1])
+    readme = _numbers(
+        (PROJECT_ROOT / "docs/getting-started.md").read_text().split("It gave:", 1)[1]
+    )
     fresh = _numbers((project / "data/08_reporting/demo/metrics.md").read_text())
     compared = sorted(set(readme) & set(fresh))
     assert len(compared) >= 50, "the README table and metrics.md no longer share their layout"
