@@ -18,12 +18,15 @@ from kedro.io.core import DatasetError, Version
 from scipy import sparse
 
 from cite_bench.datasets import (
+    INPUT_FORMATS,
+    READERS,
     AnnDataDataset,
     CellRangerDataset,
     CellRangerSamplesDataset,
     CiteSeqFilesDataset,
     CiteSeqH5adDataset,
     CiteSeqH5muDataset,
+    CiteSeqInputDataset,
     ModelDataset,
     MuDataDataset,
     SimulatedCiteSeqDataset,
@@ -276,18 +279,148 @@ def test_input_readers_know_the_formats_and_are_read_only(starter_dir, tmp_path)
     assert set(mdata.mod) == {"rna", "prot"}
     with pytest.raises(DatasetError, match="read-only"):
         CiteSeqH5muDataset(filepath=str(files["h5mu"])).save(mdata)
-    with pytest.raises(DatasetError, match=r"is a 10x Cell Ranger HDF5 file.*--env tenx"):
-        CiteSeqH5muDataset(filepath=str(files["10x_h5"])).load()
     h5ad = CiteSeqH5adDataset(filepath=str(files["h5ad"]))
     assert h5ad.load().n_obs == 600
     with pytest.raises(DatasetError, match="read-only"):
         h5ad.save(ad.AnnData())
-    with pytest.raises(DatasetError, match=r"is a MuData \(.h5mu\) file.*--env h5mu"):
-        CiteSeqH5adDataset(filepath=str(files["h5mu"])).load()
     with pytest.raises(DatasetError, match="is not a readable AnnData"):
         CiteSeqH5adDataset(filepath=str(text)).load()
-    with pytest.raises(DatasetError, match="is not a 10x Cell Ranger .h5 file or matrix folder"):
+    with pytest.raises(DatasetError, match="is not a readable AnnData"):
         CellRangerDataset(filepath=str(text)).load()
+
+
+# --- the one input dataset: each format read by what the file holds, not its name ----------
+
+
+def _renamed(path, target):
+    """``path`` copied to ``target`` (a file or a folder): a name that says nothing."""
+    if path.is_dir():
+        shutil.copytree(path, target)
+    else:
+        shutil.copyfile(path, target)
+    return target
+
+
+def test_the_registry_lists_each_format_once_with_what_docs_need():
+    assert list(READERS) == ["h5mu", "h5ad", "10x_h5", "10x_mtx", "zarr"]  # h5mu before h5ad
+    for name, reader in READERS.items():
+        assert reader.name == name
+        assert reader.description.startswith(("a ", "an "))
+        assert callable(reader.recognise) and callable(reader.read)
+        assert INPUT_FORMATS[name] == (reader.description, "kedro run --params inputs.path={path}")
+
+
+def test_an_h5ad_under_another_name_is_read_as_anndata(starter_dir, tmp_path):
+    path = _renamed(starter_dir / "rna.h5ad", tmp_path / "cells.dat")
+    assert input_format(path) == "h5ad"
+    adata = CiteSeqInputDataset(filepath=str(path)).load()
+    assert isinstance(adata, ad.AnnData) and adata.shape == (600, 1000)
+    backed = CiteSeqInputDataset(filepath=str(path), load_args={"backed": "r"}).load()
+    assert backed.isbacked and backed.shape == (600, 1000)
+
+
+def test_an_h5mu_under_another_name_is_read_as_mudata(starter_dir, tmp_path):
+    from tests.cite_seq_files import starter_pair, write_h5mu
+
+    path = _renamed(
+        write_h5mu(*starter_pair(starter_dir, "s1d1"), tmp_path / "x.h5mu"), tmp_path / "x.bin"
+    )
+    mdata = CiteSeqInputDataset(filepath=str(path)).load()
+    assert isinstance(mdata, md.MuData) and set(mdata.mod) == {"rna", "prot"}
+
+
+@pytest.mark.parametrize("layout", ["h5", "folder"])
+def test_cell_ranger_output_under_another_name_is_read(starter_dir, tmp_path, layout):
+    from tests.cite_seq_files import write_cell_ranger_folder, write_cell_ranger_h5
+
+    expected = _tenx(starter_dir)
+    if layout == "h5":
+        path = _renamed(write_cell_ranger_h5(expected, tmp_path / "x.h5"), tmp_path / "x.dat")
+    else:
+        path = write_cell_ranger_folder(expected, tmp_path / "run42")
+    assert input_format(path) == ("10x_h5" if layout == "h5" else "10x_mtx")
+    adata = CiteSeqInputDataset(filepath=str(path)).load()
+    assert adata.shape == (311, 1134)
+    assert (sparse.csr_matrix(adata.X) != expected.X).nnz == 0
+
+
+def test_a_zarr_store_reads_to_the_same_mudata_as_its_h5ad(
+    small_raw, columns, processing_params, tmp_path
+):
+    from cite_bench.pipelines.data_processing.nodes import validate_input
+
+    small_raw.write_h5ad(tmp_path / "raw.h5ad")
+    ad.read_h5ad(tmp_path / "raw.h5ad").write_zarr(tmp_path / "raw.zarr")
+    store = _renamed(tmp_path / "raw.zarr", tmp_path / "store")  # a folder, by content
+    assert input_format(store) == "zarr"
+    from_zarr = CiteSeqInputDataset(filepath=str(store)).load()
+    from_h5ad = CiteSeqInputDataset(filepath=str(tmp_path / "raw.h5ad")).load()
+    paired = [validate_input(raw, columns, processing_params) for raw in (from_zarr, from_h5ad)]
+    assert paired[0].shape == paired[1].shape == (small_raw.n_obs, small_raw.n_vars)
+    for name in ("rna", "adt"):
+        zarr_counts, h5ad_counts = (p[name].layers["counts"] for p in paired)
+        assert (sparse.csr_matrix(zarr_counts) != sparse.csr_matrix(h5ad_counts)).nnz == 0
+        assert list(paired[0][name].var_names) == list(paired[1][name].var_names)
+    assert paired[0].obs.equals(paired[1].obs)
+
+
+def test_a_folder_where_a_file_is_expected_is_named(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not counts")
+    assert input_format(folder) is None
+    with pytest.raises(DatasetError, match=r"'.*results' is a folder, but none that an input"):
+        CiteSeqInputDataset(filepath=str(folder)).load()
+    with pytest.raises(DatasetError, match=r"'.*results' is a folder, not the RNA AnnData"):
+        CiteSeqInputDataset(filepath=str(tmp_path / "results"), adt_filepath=str(folder)).load()
+
+
+def test_unknown_or_missing_inputs_are_named(tmp_path):
+    table = tmp_path / "counts.csv"
+    table.write_text("cell,gene\n")
+    with pytest.raises(DatasetError, match=r"'.*counts.csv' is not a readable input file"):
+        CiteSeqInputDataset(filepath=str(table)).load()
+    with pytest.raises(DatasetError, match=r"Input file not found: '.*nothing.h5'"):
+        CiteSeqInputDataset(filepath=str(tmp_path / "nothing.h5")).load()
+    with pytest.raises(DatasetError, match="no RNA file"):
+        CiteSeqInputDataset(adt_filepath=str(table))
+
+
+def test_a_pair_refuses_another_format_with_the_command_that_reads_it(starter_dir, tmp_path):
+    from tests.cite_seq_files import starter_pair, write_h5mu
+
+    h5mu = write_h5mu(*starter_pair(starter_dir, "s1d1"), tmp_path / "x.h5mu")
+    dataset = CiteSeqInputDataset(filepath=str(h5mu), adt_filepath=str(starter_dir / "adt.h5ad"))
+    with pytest.raises(
+        DatasetError,
+        match=r"is a MuData \(.h5mu\) file, not the RNA AnnData \(.h5ad\) file: read it with "
+        r"`kedro run --params inputs.path=.*x.h5mu`",
+    ):
+        dataset.load()
+
+
+def test_nothing_named_is_the_demo():
+    dataset = CiteSeqInputDataset(demo={"n_cells": 100, "n_genes": 120, "n_proteins": 10})
+    adata = dataset.load()
+    assert adata.shape == (100, 130) and "counts" in adata.layers
+    with pytest.raises(DatasetError, match="read-only"):
+        dataset.save(adata)
+
+
+def test_the_dataset_is_named_by_the_command_line_or_after_the_file():
+    from cite_bench.config_loader import dataset_name, dataset_name_from_path
+
+    assert dataset_name({}) is None  # globals.yml's name stays
+    assert dataset_name({"demo": {"n_cells": 5}}) is None
+    assert dataset_name({"dataset": "mine", "inputs": {"path": "/x/a.h5ad"}}) == "mine"
+    assert dataset_name({"inputs": {"path": "/x/pbmc10k.h5mu"}}) == "pbmc10k"
+    assert dataset_name({"inputs": {"samples": {"d1": "/a", "d2": "/b"}}}) == "d1-d2"
+    starter = {"dataset": "bmmc_cite_starter", "inputs": {"path": "rna.h5ad"}}
+    assert dataset_name({"inputs": {"path": "/x/copy.h5ad"}}, starter) is None  # its dataset
+    assert dataset_name({"dataset": "mine"}, starter) == "mine"
+    assert dataset_name_from_path("/data/pbmc/outs/filtered_feature_bc_matrix.h5") == "pbmc"
+    assert dataset_name_from_path("/data/study 2/rna.h5ad") == "study_2"
+    assert dataset_name_from_path("/data/cells.zarr") == "cells"
 
 
 # --- ModelDataset: saved models are loaded only as the project's own model classes ----------

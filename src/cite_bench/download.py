@@ -32,7 +32,8 @@ from pathlib import Path
 import requests
 from tqdm.auto import tqdm
 
-from cite_bench.datasets import atomic_path, file_sha256, recover_interrupted_writes
+from cite_bench.io.atomic import atomic_path, recover_interrupted_writes
+from cite_bench.io.hashing import file_sha256
 from cite_bench.locks import LockHeldError, ProcessLock, describe_holder
 from cite_bench.redaction import redact, redact_error
 

@@ -192,7 +192,7 @@ def run_benchmark(
             raw = folder / "data" / "raw.h5ad"
             base = _merged(
                 {
-                    "inputs": {"geo": str(raw)},
+                    "inputs": {"path": str(raw)},
                     "data_processing": {"subsample": {"n_cells": None}},
                     "seeds": [seed],
                 },

@@ -350,7 +350,7 @@ def _run_geo(project: Path, path: Path, n_cells: int | None = None) -> None:
         env="geo",
         pipeline_names=["data_processing"],
         runtime_params={
-            "inputs": {"geo": str(path)},
+            "inputs": {"path": str(path)},
             "data_processing": {"subsample": {"n_cells": n_cells}},
             "tracking": {"enabled": False},
         },
@@ -399,10 +399,12 @@ def test_paired_files_with_unmatched_barcodes(project, tmp_path, small_raw):
     with pytest.raises(InputDataError, match="50 RNA and 0 ADT barcodes have no partner"):
         run_kedro(
             project,
-            env="starter",
             pipeline_names=["data_processing"],
             runtime_params={
-                "inputs": {"rna": str(tmp_path / "rna.h5ad"), "adt": str(tmp_path / "adt.h5ad")},
+                "inputs": {
+                    "path": str(tmp_path / "rna.h5ad"),
+                    "adt_path": str(tmp_path / "adt.h5ad"),
+                },
                 "tracking": {"enabled": False},
             },
         )
@@ -411,6 +413,7 @@ def test_paired_files_with_unmatched_barcodes(project, tmp_path, small_raw):
 
 # Inputs in the wrong place or of the wrong kind, each through the `kedro run` a user would type:
 # (what is wrong, how to make the input files in a folder -> (env, inputs), error, message).
+# Every format is read by content, so these are the layouts a format cannot fix.
 
 
 def _pair(folder: Path, raw: ad.AnnData, adt_from_rna: bool = False) -> dict[str, str]:
@@ -419,76 +422,69 @@ def _pair(folder: Path, raw: ad.AnnData, adt_from_rna: bool = False) -> dict[str
     if not adt_from_rna:
         raw[:, ~gex].write_h5ad(folder / "adt.h5ad")
     return {
-        "rna": str(folder / "rna.h5ad"),
-        "adt": str(folder / ("rna.h5ad" if adt_from_rna else "adt.h5ad")),
+        "path": str(folder / "rna.h5ad"),
+        "adt_path": str(folder / ("rna.h5ad" if adt_from_rna else "adt.h5ad")),
     }
 
 
-def _rna_file_as_adt(folder: Path, raw: ad.AnnData) -> tuple[str, dict]:
-    return "starter", _pair(folder, raw, adt_from_rna=True)
+def _rna_file_as_adt(folder: Path, raw: ad.AnnData) -> tuple[str | None, dict]:
+    return None, _pair(folder, raw, adt_from_rna=True)
 
 
 def _untyped_rna_file_twice(folder: Path, raw: ad.AnnData) -> tuple[str, dict]:
     rna, _ = _split(raw)
     del rna.var["feature_types"]
     rna.write_h5ad(folder / "genes.h5ad")
-    return "starter", {"rna": str(folder / "genes.h5ad"), "adt": str(folder / "genes.h5ad")}
+    return None, {"path": str(folder / "genes.h5ad"), "adt_path": str(folder / "genes.h5ad")}
 
 
 def _batches_disagree(folder: Path, raw: ad.AnnData) -> tuple[str, dict]:
     inputs = _pair(folder, raw)
-    adt = ad.read_h5ad(inputs["adt"])
+    adt = ad.read_h5ad(inputs["adt_path"])
     adt.obs["batch"] = np.where(np.arange(adt.n_obs) < 3, "s9d9", adt.obs["batch"].astype(str))
-    adt.write_h5ad(inputs["adt"])
-    return "starter", inputs
+    adt.write_h5ad(inputs["adt_path"])
+    return None, inputs
 
 
 def _h5mu_as_rna(folder: Path, raw: ad.AnnData) -> tuple[str, dict]:
     inputs = _pair(folder, raw)
     rna, adt = _split(raw)
     write_h5mu(rna, adt, folder / "data.h5mu")
-    return "starter", {**inputs, "rna": str(folder / "data.h5mu")}
+    return None, {**inputs, "path": str(folder / "data.h5mu")}
 
 
 def _tenx_folder_as_adt(folder: Path, raw: ad.AnnData) -> tuple[str, dict]:
     inputs = _pair(folder, raw)
     write_cell_ranger_folder(cell_ranger_counts(*_split(raw)), folder / "matrix")
-    return "starter", {**inputs, "adt": str(folder / "matrix")}
+    return None, {**inputs, "adt_path": str(folder / "matrix")}
 
 
-def _tenx_as_h5ad(folder: Path, raw: ad.AnnData) -> tuple[str, dict]:
-    write_cell_ranger_h5(cell_ranger_counts(*_split(raw)), folder / "filtered.h5")
-    return "h5ad", {"h5ad": str(folder / "filtered.h5")}
-
-
-def _h5mu_as_geo(folder: Path, raw: ad.AnnData) -> tuple[str, dict]:
-    write_h5mu(*_split(raw), folder / "data.h5mu")
-    return "geo", {"geo": str(folder / "data.h5mu")}
-
-
-def _h5ad_as_tenx(folder: Path, raw: ad.AnnData) -> tuple[str, dict]:
+def _h5ad_as_sample(folder: Path, raw: ad.AnnData) -> tuple[str | None, dict]:
+    write_cell_ranger_h5(cell_ranger_counts(*_split(raw)), folder / "d1.h5")
     raw.write_h5ad(folder / "data.h5ad")
-    return "tenx", {"tenx": str(folder / "data.h5ad")}
+    return None, {"samples": {"d1": str(folder / "d1.h5"), "d2": str(folder / "data.h5ad")}}
 
 
-def _h5ad_as_h5mu(folder: Path, raw: ad.AnnData) -> tuple[str, dict]:
-    raw.write_h5ad(folder / "data.h5ad")
-    return "h5mu", {"h5mu": str(folder / "data.h5ad")}
+def _folder_of_something_else(folder: Path, raw: ad.AnnData) -> tuple[str | None, dict]:
+    (folder / "results").mkdir()
+    raw.obs.to_csv(folder / "results" / "cells.csv")
+    return None, {"path": str(folder / "results")}
 
 
-def _h5mu_with_genes_as_protein(folder: Path, raw: ad.AnnData) -> tuple[str, dict]:
+def _adt_without_rna(folder: Path, raw: ad.AnnData) -> tuple[str | None, dict]:
+    inputs = _pair(folder, raw)
+    return None, {"adt_path": inputs["adt_path"]}
+
+
+def _h5mu_with_genes_as_protein(folder: Path, raw: ad.AnnData) -> tuple[str | None, dict]:
     rna, _ = _split(raw)
     write_h5mu(rna, rna, folder / "data.h5mu")
-    return "h5mu", {"h5mu": str(folder / "data.h5mu")}
+    return None, {"path": str(folder / "data.h5mu")}
 
 
-def _no_samples(folder: Path, raw: ad.AnnData) -> tuple[str, dict]:
-    return "samples", {}
-
-
-def _sample_not_found(folder: Path, raw: ad.AnnData) -> tuple[str, dict]:
+def _sample_not_found(folder: Path, raw: ad.AnnData) -> tuple[str | None, dict]:
     write_cell_ranger_h5(cell_ranger_counts(*_split(raw)), folder / "d1.h5")
-    return "samples", {"samples": {"d1": str(folder / "d1.h5"), "d2": str(folder / "d2.h5")}}
+    return None, {"samples": {"d1": str(folder / "d1.h5"), "d2": str(folder / "d2.h5")}}
 
 
 WRONG_INPUTS = [
@@ -516,50 +512,35 @@ WRONG_INPUTS = [
         _h5mu_as_rna,
         DatasetError,
         r"is a MuData \(.h5mu\) file, not the RNA AnnData \(.h5ad\) file: read it with "
-        r"`kedro run --env h5mu --params inputs.h5mu=.*data.h5mu`",
+        r"`kedro run --params inputs.path=.*data.h5mu`",
     ),
     (
         "10x matrix folder given as the ADT .h5ad",
         _tenx_folder_as_adt,
         DatasetError,
         r"is a 10x Cell Ranger matrix folder .*, not the ADT AnnData \(.h5ad\) file: read it "
-        r"with `kedro run --env tenx --params inputs.tenx=.*matrix`",
+        r"with `kedro run --params inputs.path=.*matrix`",
     ),
     (
-        "10x .h5 given as an .h5ad",
-        _tenx_as_h5ad,
-        DatasetError,
-        r"is a 10x Cell Ranger HDF5 file .*, not an AnnData \(.h5ad\) file: read it with "
-        r"`kedro run --env tenx --params inputs.tenx=.*filtered.h5`",
-    ),
-    (
-        ".h5mu given as the GEO file",
-        _h5mu_as_geo,
-        DatasetError,
-        r"is a MuData \(.h5mu\) file, not an AnnData \(.h5ad\) file: read it with `kedro run "
-        r"--env h5mu",
-    ),
-    (
-        ".h5ad given as 10x output",
-        _h5ad_as_tenx,
+        ".h5ad given as a Cell Ranger sample",
+        _h5ad_as_sample,
         DatasetError,
         r"is an AnnData \(.h5ad\) file, not a 10x Cell Ranger .h5 file or matrix folder: read "
-        r"it with `kedro run --env h5ad --params inputs.h5ad=.*data.h5ad`",
+        r"it with `kedro run --params inputs.path=.*data.h5ad`",
     ),
     (
-        ".h5ad given as .h5mu",
-        _h5ad_as_h5mu,
+        "a folder of something else as the input",
+        _folder_of_something_else,
         DatasetError,
-        r"is an AnnData \(.h5ad\) file, not a MuData \(.h5mu\) file: read it with `kedro run "
-        r"--env h5ad",
+        r"'.*results' is a folder, but none that an input reader knows",
     ),
+    ("an ADT file without an RNA file", _adt_without_rna, DatasetError, r"but no RNA file"),
     (
         ".h5mu whose protein modality holds genes",
         _h5mu_with_genes_as_protein,
         InputDataError,
         r"ADT holds 300 of 300 features .*genes, not proteins",
     ),
-    ("no samples listed", _no_samples, DatasetError, r"No samples given: name each Cell Ranger"),
     (
         "a listed sample is missing",
         _sample_not_found,
@@ -595,9 +576,11 @@ def test_the_rna_file_given_twice_is_refused(project, starter_dir):
     with pytest.raises(InputDataError, match=r"ADT holds 1000 of 1000 features .*'GEX'"):
         run_kedro(
             project,
-            env="starter",
             pipeline_names=["data_processing"],
-            runtime_params={"inputs": {"rna": rna, "adt": rna}, "tracking": {"enabled": False}},
+            runtime_params={
+                "inputs": {"path": rna, "adt_path": rna},
+                "tracking": {"enabled": False},
+            },
         )
     assert _artifacts(project) == []
 
@@ -607,7 +590,7 @@ def test_an_rna_file_without_feature_types_as_adt_is_refused(project, tmp_path, 
     rna = ad.read_h5ad(starter_dir / "rna.h5ad")
     del rna.var["feature_types"]
     rna.write_h5ad(tmp_path / "genes.h5ad")
-    inputs = {"rna": str(starter_dir / "rna.h5ad"), "adt": str(tmp_path / "genes.h5ad")}
+    inputs = {"path": str(starter_dir / "rna.h5ad"), "adt_path": str(tmp_path / "genes.h5ad")}
     with pytest.raises(
         InputDataError,
         match=r"ADT \('adt'\) has 1000 features and no var\['feature_types'\].*"
@@ -615,7 +598,6 @@ def test_an_rna_file_without_feature_types_as_adt_is_refused(project, tmp_path, 
     ):
         run_kedro(
             project,
-            env="starter",
             pipeline_names=["data_processing"],
             runtime_params={"inputs": inputs, "tracking": {"enabled": False}},
         )

@@ -13,8 +13,7 @@ import scanpy as sc
 from anndata.abc import CSRDataset
 from scipy import sparse
 
-from cite_bench.datasets import CiteSeqFilesDataset, CiteSeqH5adDataset
-from cite_bench.pipelines.data_processing import nodes
+from cite_bench.datasets import CiteSeqInputDataset
 from cite_bench.pipelines.data_processing.nodes import (
     InputDataError,
     assemble_mudata,
@@ -24,6 +23,8 @@ from cite_bench.pipelines.data_processing.nodes import (
     subsample_cells,
     validate_input,
 )
+from cite_bench.preprocessing import blocks
+from cite_bench.preprocessing import counts as count_checks
 
 
 def _dense(matrix) -> np.ndarray:
@@ -151,8 +152,8 @@ def test_assembled_mudata_round_trips(small_mudata, tmp_path):
 
 
 def test_starter_files_are_processed(starter_dir, processing_params, columns):
-    raw = CiteSeqFilesDataset(
-        rna_filepath=str(starter_dir / "rna.h5ad"), adt_filepath=str(starter_dir / "adt.h5ad")
+    raw = CiteSeqInputDataset(
+        filepath=str(starter_dir / "rna.h5ad"), adt_filepath=str(starter_dir / "adt.h5ad")
     ).load()
     paired = validate_input(raw, columns, processing_params)
     params = {**processing_params, "n_top_genes": 2000}
@@ -231,7 +232,7 @@ def test_backed_input_with_counts_in_x(small_raw, columns, processing_params, tm
 def test_count_problems_are_added_up_over_blocks(
     small_raw, columns, processing_params, monkeypatch
 ):
-    monkeypatch.setattr(nodes, "_CHECK_BLOCK", 7)
+    monkeypatch.setattr(count_checks, "_CHECK_BLOCK", 7)
     raw = small_raw.copy()
     counts = raw.layers["counts"] = raw.layers["counts"].copy()
     gex = np.flatnonzero((raw.var["feature_types"] == "GEX").to_numpy())
@@ -382,7 +383,7 @@ def test_rna_preprocessing_gives_scanpys_values(
     """Same genes, same values, same annotations as scanpy on the whole normalised matrix, to
     the last bit: the lean computation is a reorganisation, not an approximation."""
     if block:
-        monkeypatch.setattr(nodes, "_BLOCK", block)
+        monkeypatch.setattr(blocks, "_BLOCK", block)
     raw = small_raw
     if case == "genes missing in one site":
         raw = _site_specific_genes(small_raw)
@@ -410,8 +411,8 @@ def test_rna_preprocessing_holds_one_site_at_a_time(columns, processing_params, 
     input it holds one site's values (a quarter of the counts here) and the selected genes.
     scanpy's selection on the whole normalised matrix peaks at about twice the counts (6 GB
     at the GEO file's ~90,000 cells)."""
-    monkeypatch.setattr(nodes, "_BLOCK", 1 << 12)
-    monkeypatch.setattr(nodes, "_CHECK_BLOCK", 1 << 12)
+    monkeypatch.setattr(blocks, "_BLOCK", 1 << 12)
+    monkeypatch.setattr(count_checks, "_CHECK_BLOCK", 1 << 12)
     raw = _sparse_raw(4000, 2000, 10, density=0.1, batches=("s1d1", "s2d1", "s3d1", "s4d1"))
     params = {**processing_params, "n_top_genes": 100}
     paired = validate_input(raw, columns, params)
@@ -452,7 +453,7 @@ def test_counts_on_disk_are_read_a_block_of_cells_at_a_time(
 ):
     """A backed layer is never loaded whole (the GEO file's counts and their RNA part would be
     in memory together: 3.6 GB), and the result is what the matrix in memory gives."""
-    monkeypatch.setattr(nodes, "_DISK_BLOCK", 1 << 12)
+    monkeypatch.setattr(blocks, "_DISK_BLOCK", 1 << 12)
     raw = _sparse_raw(n_cells=3000, n_genes=2000, n_proteins=30)
     on_disk = _OnDisk(raw.layers["counts"])
     backed = ad.AnnData(obs=raw.obs, var=raw.var, layers={"counts": on_disk})
@@ -475,13 +476,13 @@ def test_geo_reader_leaves_the_counts_on_disk(
 ):
     """The GEO environment's backed read keeps X and the counts layer on disk; validation
     reads them a block at a time and gets what the file read whole gives."""
-    monkeypatch.setattr(nodes, "_DISK_BLOCK", 1 << 10)
+    monkeypatch.setattr(blocks, "_DISK_BLOCK", 1 << 10)
     raw = small_raw.copy()
     if counts_in == "X":
         del raw.layers["counts"]
     path = tmp_path / "raw.h5ad"
     raw.write_h5ad(path)
-    backed = CiteSeqH5adDataset(filepath=str(path), load_args={"backed": "r"}).load()
+    backed = CiteSeqInputDataset(filepath=str(path), load_args={"backed": "r"}).load()
     try:
         assert backed.isbacked
         on_disk = backed.layers["counts"] if counts_in == "layer" else backed.X
