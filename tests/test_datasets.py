@@ -483,7 +483,8 @@ class _Unregistered:
 
 
 def test_saving_a_class_that_could_not_be_loaded_again_is_refused(tmp_path):
-    with pytest.raises(DatasetError, match="only the model classes the methods declare.*_Unregistered"):
+    refused = "only the model classes the methods declare.*_Unregistered"
+    with pytest.raises(DatasetError, match=refused):
         ModelDataset(filepath=str(tmp_path / "model")).save(_Unregistered())
     assert list(tmp_path.iterdir()) == []
 
