@@ -26,7 +26,7 @@ PARAMS = {**DEMO, "tracking": {"enabled": False}}
 class _Holder:
     """Another process that takes ``path``'s lock, recording ``command``, and keeps it."""
 
-    def __init__(self, path: Path, command: str = "kedro run --params inputs.rna=other.h5ad"):
+    def __init__(self, path: Path, command: str = "kedro run --params inputs.path=other.h5ad"):
         script = textwrap.dedent(
             f"""
             import sys, time
@@ -56,7 +56,7 @@ def test_the_lock_excludes_other_processes_until_its_holder_dies(tmp_path):
             ProcessLock(path).acquire()
         recorded = refused.value.holder
         assert recorded["pid"] == holder.process.pid
-        assert recorded["command"] == "kedro run --params inputs.rna=other.h5ad"
+        assert recorded["command"] == "kedro run --params inputs.path=other.h5ad"
         assert recorded["host"] and recorded["started"]
     finally:
         holder.kill()

@@ -55,7 +55,7 @@ def test_the_matrix_command_runs_demo_and_starter_with_two_seeds(project, starte
     LocalCluster: one combined table and figure, one MLflow parent run per dataset. Each
     dataset's run (`kedro run --params "seeds=0 1"`) trains every model once per seed, and its
     tables report mean ± SD, non-zero for the trained models."""
-    inputs = f"inputs.rna={starter_dir / 'rna.h5ad'},inputs.adt={starter_dir / 'adt.h5ad'}"
+    inputs = f"inputs.path={starter_dir / 'rna.h5ad'},inputs.adt_path={starter_dir / 'adt.h5ad'}"
     quick = f"{QUICK_CLI},{inputs}"
     result = kedro_cli(
         project, "matrix", "--env", "base", "--env", "starter", "--seeds", "0 1", "--params", quick

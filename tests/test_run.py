@@ -189,7 +189,10 @@ def test_starter_run_reaches_published_quality(project, starter_dir):
         project,
         env="starter",
         runtime_params={
-            "inputs": {"rna": str(starter_dir / "rna.h5ad"), "adt": str(starter_dir / "adt.h5ad")}
+            "inputs": {
+                "path": str(starter_dir / "rna.h5ad"),
+                "adt_path": str(starter_dir / "adt.h5ad"),
+            }
         },
     )
     outputs = _outputs(project, "bmmc_cite_starter")
@@ -254,7 +257,7 @@ def test_a_dataset_without_labels_still_trains_and_says_what_was_skipped(project
         env="geo",
         runtime_params={
             **FAST_TRAINING,
-            "inputs": {"geo": str(path)},
+            "inputs": {"path": str(path)},
             "data_processing": {"subsample": {"n_cells": None}},
             "tracking": {"enabled": False},
         },
@@ -292,7 +295,7 @@ def _tenx_h5(folder: Path, starter_dir: Path) -> tuple[str, dict]:
     path = write_cell_ranger_h5(
         cell_ranger_counts(*starter_pair(starter_dir, "s1d1")), folder / "filtered.h5"
     )
-    return "tenx", {"tenx": str(path)}
+    return "tenx", {"path": str(path)}
 
 
 def _tenx_folder(folder: Path, starter_dir: Path) -> tuple[str, dict]:
@@ -301,13 +304,13 @@ def _tenx_folder(folder: Path, starter_dir: Path) -> tuple[str, dict]:
     path = write_cell_ranger_folder(
         cell_ranger_counts(*starter_pair(starter_dir, "s1d2")), folder / "filtered"
     )
-    return "tenx", {"tenx": str(path)}
+    return "tenx", {"path": str(path)}
 
 
 def _h5mu(folder: Path, starter_dir: Path) -> tuple[str, dict]:
     from .cite_seq_files import starter_pair, write_h5mu
 
-    return "h5mu", {"h5mu": str(write_h5mu(*starter_pair(starter_dir), folder / "data.h5mu"))}
+    return "h5mu", {"path": str(write_h5mu(*starter_pair(starter_dir), folder / "data.h5mu"))}
 
 
 def _h5ad_single_sample(folder: Path, starter_dir: Path) -> tuple[str, dict]:
@@ -318,10 +321,10 @@ def _h5ad_single_sample(folder: Path, starter_dir: Path) -> tuple[str, dict]:
     adata = cell_ranger_counts(rna, adt)
     adata.obs["cell_type"] = rna.obs["cell_type"].to_numpy()
     adata.write_h5ad(folder / "sample.h5ad")
-    return "h5ad", {"h5ad": str(folder / "sample.h5ad")}
+    return "h5ad", {"path": str(folder / "sample.h5ad")}
 
 
-# (format, how to write it -> (env, inputs), cells, batches, has labels)
+# (format, how to write it -> (dataset name, inputs), cells, batches, has labels)
 INPUT_FORMATS = [
     ("10x .h5, one sample", _tenx_h5, 311, {"all"}, False),
     ("10x matrix folder, one sample", _tenx_folder, 289, {"all"}, False),
@@ -338,20 +341,19 @@ INPUT_FORMATS = [
 def test_data_processing_reads_every_input_format(
     project, tmp_path_factory, starter_dir, case, write, n_cells, batches, labelled
 ):
-    env, inputs = write(tmp_path_factory.mktemp("input"), starter_dir)
+    dataset, inputs = write(tmp_path_factory.mktemp("input"), starter_dir)
     run_kedro(
         project,
-        env=env,
         pipeline_names=["data_processing"],
-        runtime_params={"inputs": inputs, "tracking": {"enabled": False}},
+        runtime_params={"dataset": dataset, "inputs": inputs, "tracking": {"enabled": False}},
     )
-    mdata = md.read_h5mu(project / f"data/03_primary/{env}.h5mu")
+    mdata = md.read_h5mu(project / f"data/03_primary/{dataset}.h5mu")
     assert mdata.n_obs == n_cells
     assert mdata["adt"].n_vars == 134
     assert mdata["rna"].var["highly_variable"].all()
     assert set(mdata.obs["batch"].astype(str)) == batches
     assert ("cell_type" in mdata.obs) == labelled
-    cells = pd.read_parquet(project / f"data/03_primary/{env}_cells.parquet")
+    cells = pd.read_parquet(project / f"data/03_primary/{dataset}_cells.parquet")
     assert list(cells.index) == list(mdata.obs_names)
 
 
@@ -371,11 +373,9 @@ def test_several_cell_ranger_samples_from_the_command_line(project, tmp_path, st
         cell_ranger_counts(*starter_pair(starter_dir, "s1d2")), tmp_path / "s1d2"
     )
     params = f"inputs.samples.s1d1={first},inputs.samples.s1d2={second},tracking.enabled=false"
-    result = kedro_cli(
-        project, "run", "--env", "samples", "--pipeline", "data_processing", "--params", params
-    )
+    result = kedro_cli(project, "run", "--pipeline", "data_processing", "--params", params)
     assert result.returncode == 0, result.stderr[-3000:]
-    mdata = md.read_h5mu(project / "data/03_primary/samples.h5mu")
+    mdata = md.read_h5mu(project / "data/03_primary/s1d1-s1d2.h5mu")  # named after the samples
     assert mdata.n_obs == 600
     assert mdata.obs["batch"].astype(str).value_counts().to_dict() == {"s1d1": 311, "s1d2": 289}
     assert mdata.obs_names[0].endswith("-1-s1d1")  # barcodes made unique by sample
@@ -390,8 +390,12 @@ def test_single_sample_cell_ranger_file_runs_end_to_end(project, tmp_path, start
     _, inputs = _tenx_h5(tmp_path, starter_dir)
     run_kedro(
         project,
-        env="tenx",
-        runtime_params={**FAST_TRAINING, "inputs": inputs, "tracking": {"enabled": False}},
+        runtime_params={
+            **FAST_TRAINING,
+            "dataset": "tenx",
+            "inputs": inputs,
+            "tracking": {"enabled": False},
+        },
     )
     outputs = _outputs(project, "tenx")
     for model in ("mofa", "totalvi", "multigrate", "pca_rna", "pca_rna_adt"):
