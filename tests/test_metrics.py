@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from cite_bench import metrics
+from cite_bench.evaluate import score_embedding
 from cite_bench.metrics import (
     LABELS,
     METRICS,
@@ -16,12 +17,8 @@ from cite_bench.metrics import (
     display_name,
     select_metrics,
 )
-from cite_bench.pipelines.evaluation.figures import plot_metric_summary
-from cite_bench.pipelines.evaluation.nodes import (
-    format_metrics_table,
-    score_embedding,
-    tabulate_metrics,
-)
+from cite_bench.reporting import format_metrics_table, tabulate_metrics
+from cite_bench.reporting.figures import plot_metric_summary
 from cite_bench.seeds import stack_seeds
 from cite_bench.tracking import metric_values
 

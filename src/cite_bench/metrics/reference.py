@@ -1,4 +1,5 @@
-"""scib 1.1.7's own code path for the metrics that ``nodes.score_embedding`` computes faster.
+"""scib 1.1.7's own code path for the metrics that ``cite_bench.evaluate.score_embedding``
+computes faster.
 
 This is how the reference benchmark scored embeddings: scanpy's kNN graph (an exact,
 brute-force search below 8,192 cells, pynndescent's approximate one above), scib's optimised
@@ -18,7 +19,8 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 
-from .nodes import CLUSTER_KEY, EMBEDDING_KEY, Profiler, embedding_anndata
+from cite_bench.outputs import EMBEDDING_KEY
+from cite_bench.scoring import CLUSTER_KEY, Profiler, embedding_anndata
 
 # The metrics both paths compute: the published table's five, and the batch silhouette.
 REFERENCE_KEYS = (
