@@ -1,9 +1,9 @@
-"""Evaluation nodes: score each method's output for each seed, then tabulate, render and draw.
+"""Evaluation nodes: score each method's output for each seed, and its UMAP.
 
 The work is the library's: scoring in ``cite_bench.evaluate`` (metrics in
-``cite_bench.metrics``, shared work in ``cite_bench.scoring``), tables, markdown and figures in
-``cite_bench.reporting``. These nodes only split a method's stacked seeds and say why a method
-that was skipped has no scores.
+``cite_bench.metrics``, shared work in ``cite_bench.scoring``), the UMAP in
+``cite_bench.reporting.figures``; the table of all methods is the reporting pipeline's. These
+nodes only split a method's stacked seeds and say why a method that was skipped has no scores.
 """
 
 from __future__ import annotations
@@ -17,25 +17,16 @@ from cite_bench.evaluate import score_embedding
 from cite_bench.methods import Method
 from cite_bench.metrics import SKIPPED, select_metrics
 from cite_bench.reporting import (  # noqa: F401 - summarise_over_seeds, ranked_methods: see below
-    format_metrics_table,
     ranked_methods,
     summarise_over_seeds,
-    tabulate_metrics,
 )
-from cite_bench.reporting.figures import compute_umap, plot_metric_summary, plot_umaps
+from cite_bench.reporting.figures import compute_umap
 from cite_bench.seeds import first_seed, parse_seeds, split_by_seed
 
-# Wired by pipeline.py: the library's table, markdown and figure functions are nodes as they
-# are. summarise_over_seeds and ranked_methods are only re-exported for tracking.py and the
-# notebook until they import cite_bench.reporting (then drop them from this import).
-__all__ = [
-    "compute_metrics",
-    "compute_umap",
-    "format_metrics_table",
-    "plot_metric_summary",
-    "plot_umaps",
-    "tabulate_metrics",
-]
+# summarise_over_seeds and ranked_methods are only re-exported for tracking.py and the
+# notebook until they import cite_bench.reporting (then drop them from this import), as are
+# figures.py and reference.py here for cli.py, the notebook and benchmark.py.
+__all__ = ["compute_metrics", "compute_umap"]
 
 
 def compute_metrics(
