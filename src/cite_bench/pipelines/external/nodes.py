@@ -54,5 +54,8 @@ def score_external_embeddings(
 ) -> pd.DataFrame:
     """Score each external embedding exactly as a trained method's (seed 0), against the
     unintegrated reference's first seed."""
+    columns_out = ["method", "seed", "metric", "value", "note"]
+    if not embeddings:
+        return pd.DataFrame(columns=columns_out)
     table = score_embeddings(embeddings, first_seed(unintegrated), cells, params, columns)
-    return table.assign(seed=0)[["method", "seed", "metric", "value", "note"]]
+    return table.assign(seed=0)[columns_out]
