@@ -1,4 +1,4 @@
-"""kBET per cell type (``cite_bench.kbet``) against scib-metrics' ``kbet_per_label``.
+"""kBET per cell type (``cite_bench.metrics._kbet``) against scib-metrics' ``kbet_per_label``.
 
 Both start ARPACK from the same seeded vector, so the diffusion maps are the same; what is left
 to differ is the neighbour search in the diffusion map (exact here, pynndescent there).
@@ -12,8 +12,8 @@ import pytest
 import scib_metrics
 from scipy import sparse
 
-from cite_bench.kbet import kbet_acceptance, kbet_per_label
-from cite_bench.scoring import nearest_neighbours
+from cite_bench.metrics import kbet_acceptance, kbet_per_label
+from cite_bench.neighbours import nearest_neighbours
 
 SEED = 0
 TOLERANCE = 0.02  # issue 14: within 0.02 of scib-metrics' value

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from cite_bench import metrics
+from cite_bench.evaluate import score_embedding
 from cite_bench.metrics import (
     LABELS,
     METRICS,
@@ -14,14 +15,12 @@ from cite_bench.metrics import (
     Metric,
     aggregate,
     display_name,
+    isolated_label_f1,
+    isolated_labels,
     select_metrics,
 )
-from cite_bench.pipelines.evaluation.figures import plot_metric_summary
-from cite_bench.pipelines.evaluation.nodes import (
-    format_metrics_table,
-    score_embedding,
-    tabulate_metrics,
-)
+from cite_bench.reporting import format_metrics_table, tabulate_metrics
+from cite_bench.reporting.figures import plot_metric_summary
 from cite_bench.seeds import stack_seeds
 from cite_bench.tracking import metric_values
 
@@ -118,3 +117,23 @@ def test_a_metric_that_fails_numerically_is_reported_and_counts_as_zero(monkeypa
     table = tabulate_metrics(params, totalvi=scored.assign(seed=0)).set_index("metric")
     assert table.loc["batch_correction", "value"] == 0
     assert table.loc["batch_correction", "note"].startswith("incomplete: Graph iLISI")
+
+
+def test_isolated_label_f1_is_the_best_cluster_match_over_resolutions():
+    """A family function on plain arrays: label B is in one batch of two (isolated); a cluster
+    holding B's three cells and one A cell has precision 3/4 and recall 1 (F1 6/7); a
+    clustering that separates B exactly reaches 1, and the best resolution counts."""
+    obs = pd.DataFrame(
+        {
+            "label": ["A", "A", "A", "A", "B", "B", "B"],
+            "batch": ["1", "2", "1", "2", "1", "1", "1"],
+        }
+    )
+    assert isolated_labels(obs, "label", "batch") == ["B"]
+    loose = np.array([1, 1, 1, 0, 0, 0, 0])
+    exact = np.array([1, 1, 1, 1, 0, 0, 0])
+    assert isolated_label_f1(obs, "label", "batch", [loose]) == pytest.approx(6 / 7)
+    assert isolated_label_f1(obs, "label", "batch", [loose, exact]) == pytest.approx(1.0)
+    everywhere = obs.assign(batch=["1", "2"] * 3 + ["2"])
+    assert everywhere.groupby("label")["batch"].nunique().min() == 2
+    assert np.isnan(isolated_label_f1(everywhere, "label", "batch", [exact]))

@@ -7,13 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cite_bench.scoring import (
-    ScoringData,
-    cell_cycle_conservation,
-    embedding_anndata,
-    isolated_label_f1,
-    leiden_clusterer,
-)
+from cite_bench.leiden import leiden_clusterer
+from cite_bench.metrics import cell_cycle_conservation, isolated_label_f1
+from cite_bench.scoring import ScoringData, embedding_anndata
 
 from .pipelines.evaluation.test_nodes import PARAMS, _cells, _embedding
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cite_bench.methods import role_of
-from cite_bench.pipelines.evaluation.nodes import summarise_matrix
+from cite_bench.reporting import summarise_matrix
 
 logger = logging.getLogger(__name__)
 

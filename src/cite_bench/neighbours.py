@@ -2,7 +2,8 @@
 (PyTorch), the same neighbours either way.
 
 One search per embedding feeds the Leiden graph, graph connectivity, LISI and kBET
-(``cite_bench.scoring``). It is exact, so that it is deterministic: an approximate search
+(``cite_bench.scoring``), through ``nearest_neighbours`` and, for scanpy's graph,
+``PrecomputedNeighbors``. It is exact, so that it is deterministic: an approximate search
 (pynndescent) gives other neighbours on another run or machine. This module imports only
 numpy at the top, so that it can be checked on a GPU machine without the rest of the stack.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,3 +76,37 @@ def _torch_neighbours(matrix: np.ndarray, k: int, device: str) -> tuple[np.ndarr
         indices[start:stop] = where.cpu().numpy()
         distances[start:stop] = nearest.clamp_min_(0).sqrt_().cpu().numpy()
     return indices, distances
+
+
+def nearest_neighbours(matrix: np.ndarray, n_neighbors: int, device: str = "cpu") -> Any:
+    """Exact nearest neighbours of every cell, itself first, as scib-metrics'
+    ``NeighborsResults``: one search serves the Leiden graph, graph connectivity, LISI and kBET."""
+    from scib_metrics.nearest_neighbors import NeighborsResults
+
+    indices, distances = exact_neighbours(matrix, n_neighbors, device)
+    return NeighborsResults(indices=indices, distances=distances)
+
+
+class PrecomputedNeighbors:
+    """A kNN "transformer" (scanpy's ``transformer=`` protocol) that hands ``sc.pp.neighbors``
+    the first ``n_neighbors`` columns of a search already done, instead of searching again."""
+
+    def __init__(self, neighbours: Any, n_neighbors: int) -> None:
+        self.neighbours = neighbours
+        self.n_neighbors = min(n_neighbors, neighbours.indices.shape[1])
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"n_neighbors": self.n_neighbors}
+
+    def fit_transform(self, matrix: Any) -> Any:
+        from scipy import sparse
+
+        indices = self.neighbours.indices[:, : self.n_neighbors]
+        distances = self.neighbours.distances[:, : self.n_neighbors]
+        n_cells = indices.shape[0]
+        if matrix.shape[0] != n_cells:
+            raise ValueError("The precomputed neighbours describe other cells.")
+        pointers = np.arange(0, indices.size + 1, self.n_neighbors)
+        return sparse.csr_matrix(
+            (distances.ravel(), indices.ravel(), pointers), shape=(n_cells, n_cells)
+        )

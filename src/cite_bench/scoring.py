@@ -1,11 +1,12 @@
 """The work that several metrics share, done once per embedding and only when a metric asks.
 
-``ScoringData`` holds one embedding with its cell annotations and computes, on first use, what
-the metrics of ``cite_bench.metrics`` read: one exact nearest-neighbour search (which feeds the
-Leiden graph, graph connectivity, LISI and kBET), Leiden clusterings at every resolution (shared
-by ARI, NMI and isolated-label F1) and the three silhouettes from one pass over the distances
-(``pipelines/evaluation/silhouette.py``). ``pipelines/evaluation/reference.py`` keeps scib's own
-code path, against which tests check the values.
+``ScoringData`` holds one embedding (or a method's cell graph) with its cell annotations and
+computes, on first use, what the metrics of ``cite_bench.metrics`` read: one exact
+nearest-neighbour search (``cite_bench.neighbours``; it feeds the Leiden graph, graph
+connectivity, LISI and kBET), Leiden clusterings at every resolution (``cite_bench.leiden``;
+shared by ARI, NMI and isolated-label F1) and the three silhouettes from one pass over the
+distances (``cite_bench.metrics._silhouette``). No metric's maths lives here: the metrics are
+in ``cite_bench.metrics``, the scoring of one embedding in ``cite_bench.evaluate``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import Any
@@ -23,15 +24,15 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 
-from cite_bench.knn_graph import neighbours_of, subset_neighbours
-from cite_bench.leiden import LeidenRunner, Task, processes_for
-from cite_bench.neighbours import exact_neighbours, search_device
+from cite_bench.knn_graph import subset_neighbours
+from cite_bench.leiden import leiden_clusterer, processes_for
+from cite_bench.neighbours import PrecomputedNeighbors, nearest_neighbours, search_device
+from cite_bench.outputs import EMBEDDING_KEY, GRAPH, MethodOutput
 
 logger = logging.getLogger(__name__)
 # Each scoring step's wall time, at DEBUG level (the benchmark collects them).
 step_logger = logging.getLogger(f"{__name__}.steps")
 
-EMBEDDING_KEY = "X_emb"
 CLUSTER_KEY = "leiden_optimal"
 # Times (or otherwise watches) each step of the scoring; the benchmark passes one.
 Profiler = Callable[[str], AbstractContextManager[Any]]
@@ -63,43 +64,15 @@ class MetricNotComputable(Exception):  # noqa: N818
 
 
 def embedding_anndata(embedding: pd.DataFrame, cells: pd.DataFrame) -> ad.AnnData:
-    """Pair an embedding with the cell annotations, refusing any mismatch of barcodes."""
-    missing = embedding.index.difference(cells.index)
-    if missing.size or embedding.shape[0] != cells.shape[0]:
-        raise ValueError(
-            f"Embedding ({embedding.shape[0]} cells) and cell metadata ({cells.shape[0]} cells) "
-            f"do not describe the same cells ({missing.size} embedding barcodes unknown)."
-        )
-    values = embedding.to_numpy(dtype=np.float32)
-    if not np.isfinite(values).all():
-        raise ValueError("The embedding contains NaN or infinite values.")
-    constant = values.std(axis=0) == 0
-    if constant.all():
-        raise ValueError("Every dimension of the embedding is constant.")
-    if constant.any():
-        # e.g. MOFA factors switched off by its sparsity priors: they carry no information and
-        # break regression-based scores (PCR).
-        logger.info("Dropping %d constant embedding dimensions.", constant.sum())
-        values = values[:, ~constant]
-    adata = ad.AnnData(obs=cells.loc[embedding.index].copy())
-    adata.obsm[EMBEDDING_KEY] = values
-    return adata
+    """Pair an embedding with the cell annotations, refusing any mismatch of barcodes
+    (``MethodOutput``: finite values, constant dimensions dropped)."""
+    return MethodOutput(embedding).to_anndata(cells)[0]
 
 
 def graph_anndata(graph: pd.DataFrame, cells: pd.DataFrame) -> tuple[ad.AnnData, Any]:
     """Pair a graph-output method's graph table (``cite_bench.knn_graph``) with the cell
     annotations; returns the cells and the graph as neighbour search results."""
-    from scib_metrics.nearest_neighbors import NeighborsResults
-
-    missing = graph.index.difference(cells.index)
-    if missing.size or graph.shape[0] != cells.shape[0]:
-        raise ValueError(
-            f"Graph ({graph.shape[0]} cells) and cell metadata ({cells.shape[0]} cells) do not "
-            f"describe the same cells ({missing.size} graph barcodes unknown)."
-        )
-    indices, distances = neighbours_of(graph)
-    adata = ad.AnnData(obs=cells.loc[graph.index].copy())
-    return adata, NeighborsResults(indices=indices, distances=distances)
+    return MethodOutput(graph, GRAPH).to_anndata(cells)
 
 
 class ScoringData:
@@ -313,12 +286,14 @@ class ScoringData:
 
     @cached_property
     def isolated_labels(self) -> list[str]:
+        from cite_bench.metrics._clustering import isolated_labels
+
         return isolated_labels(self.adata.obs, self.columns["label"], self.columns["batch"])
 
     @cached_property
     def silhouettes(self) -> dict[str, float]:
         """Cell-type, batch (with two batches or more) and isolated-label silhouettes."""
-        from cite_bench.pipelines.evaluation.silhouette import silhouette_metrics
+        from cite_bench.metrics._silhouette import silhouette_metrics
 
         with self.profile("silhouettes"):
             return silhouette_metrics(
@@ -327,141 +302,3 @@ class ScoringData:
                 self.batches if self.n_batches > 1 else None,
                 self.isolated_labels,
             )
-
-
-def nearest_neighbours(matrix: np.ndarray, n_neighbors: int, device: str = "cpu") -> Any:
-    """Exact nearest neighbours of every cell, itself first (``cite_bench.neighbours``): one
-    search serves the Leiden graph, graph connectivity, LISI and kBET."""
-    from scib_metrics.nearest_neighbors import NeighborsResults
-
-    indices, distances = exact_neighbours(matrix, n_neighbors, device)
-    return NeighborsResults(indices=indices, distances=distances)
-
-
-class PrecomputedNeighbors:
-    """A kNN "transformer" (scanpy's ``transformer=`` protocol) that hands ``sc.pp.neighbors``
-    the first ``n_neighbors`` columns of a search already done, instead of searching again."""
-
-    def __init__(self, neighbours: Any, n_neighbors: int) -> None:
-        self.neighbours = neighbours
-        self.n_neighbors = min(n_neighbors, neighbours.indices.shape[1])
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {"n_neighbors": self.n_neighbors}
-
-    def fit_transform(self, matrix: Any) -> Any:
-        from scipy import sparse
-
-        indices = self.neighbours.indices[:, : self.n_neighbors]
-        distances = self.neighbours.distances[:, : self.n_neighbors]
-        n_cells = indices.shape[0]
-        if matrix.shape[0] != n_cells:
-            raise ValueError("The precomputed neighbours describe other cells.")
-        pointers = np.arange(0, indices.size + 1, self.n_neighbors)
-        return sparse.csr_matrix(
-            (distances.ravel(), indices.ravel(), pointers), shape=(n_cells, n_cells)
-        )
-
-
-# igraph's Leiden as ``sc.tl.leiden(flavor="igraph")`` runs it (scanpy's coming default).
-IGRAPH_ITERATIONS = 2
-
-
-@contextlib.contextmanager
-def leiden_clusterer(
-    adata: ad.AnnData, params: Mapping[str, Any], processes: int = 1
-) -> Iterator[Callable[[Sequence[Task]], list[np.ndarray]]]:
-    """A function that clusters the kNN graph of ``adata`` at (seed, resolution) pairs.
-
-    ``igraph`` (``params["leiden_flavor"]``): the graph is converted once per process and each
-    pair gives exactly the clusters of ``sc.tl.leiden(flavor="igraph", n_iterations=2,
-    directed=False)`` with that seed (``cite_bench.leiden``), over ``processes`` processes.
-    ``leidenalg`` (what scib uses, ~10x slower): ``sc.tl.leiden(flavor="leidenalg")`` here,
-    in this process.
-    """
-    if params["leiden_flavor"] == "igraph":
-        with LeidenRunner(adata.obsp["connectivities"], IGRAPH_ITERATIONS, processes) as run:
-            yield run
-        return
-
-    def leidenalg(tasks: Sequence[Task]) -> list[np.ndarray]:
-        clusterings = []
-        for seed, resolution in tasks:
-            sc.tl.leiden(
-                adata,
-                resolution=resolution,
-                key_added="_leiden",
-                random_state=seed,
-                flavor="leidenalg",
-            )
-            clusterings.append(adata.obs.pop("_leiden").to_numpy())
-        return clusterings
-
-    yield leidenalg
-
-
-def isolated_labels(obs: pd.DataFrame, label: str, batch: str) -> list[str]:
-    """Labels found in the fewest batches (scib's rule), none if all are in every batch."""
-    batches_per_label = obs.groupby(label, observed=True)[batch].nunique()
-    fewest = batches_per_label.min()
-    if fewest == obs[batch].nunique():
-        return []
-    return batches_per_label.index[batches_per_label == fewest].tolist()
-
-
-def isolated_label_f1(
-    obs: pd.DataFrame, label: str, batch: str, clusterings: list[np.ndarray]
-) -> float:
-    """scib's isolated-label F1: for each isolated label, the best F1 of any Leiden cluster
-    at any resolution against that label; the mean over isolated labels.
-
-    Same definition as ``scib.me.isolated_labels_f1``, but from clusterings shared by all
-    labels and metrics (scib reclusters per label with leidenalg: ~40x slower on the demo).
-    """
-    from sklearn.metrics import f1_score
-
-    labels = isolated_labels(obs, label, batch)
-    if not labels:
-        return np.nan
-    truth = obs[label].astype(str).to_numpy()
-    scores = []
-    for isolated in labels:
-        is_label = truth == isolated
-        scores.append(
-            max(
-                f1_score(is_label, clusters == cluster)
-                for clusters in clusterings
-                for cluster in np.unique(clusters[is_label])
-            )
-        )
-    return float(np.mean(scores))
-
-
-def cell_cycle_conservation(
-    embedding: np.ndarray, unintegrated: np.ndarray, phases: pd.Series, batches: np.ndarray
-) -> float:
-    """scib's cell-cycle conservation, with the annotated phase as the covariate.
-
-    In each batch, the variance that the phase explains through principal component
-    regression is compared before (``unintegrated``) and after integration:
-    ``max(0, 1 - |after - before| / before)``; the mean over batches. scib regresses on S and
-    G2/M scores recomputed from marker genes, which a highly-variable-gene subset may lack;
-    the phase call of the input (e.g. GEX_phase in the GEO file) carries the same signal.
-    NaN where no batch has cell-cycle variance to conserve.
-    """
-    from scib_metrics.utils import principal_component_regression
-
-    known = phases.notna().to_numpy()
-    codes = phases.astype("category").cat.codes.to_numpy()
-    scores = []
-    for name in np.unique(batches[known]):
-        cells = known & (batches == name)
-        if np.unique(codes[cells]).size < 2 or cells.sum() < 3:
-            continue  # no cell-cycle variance to conserve in this batch
-        before, after = (
-            float(principal_component_regression(matrix[cells], codes[cells], categorical=True))
-            for matrix in (unintegrated, embedding)
-        )
-        if before > 0:
-            scores.append(max(0.0, 1 - abs(after - before) / before))
-    return float(np.mean(scores)) if scores else np.nan

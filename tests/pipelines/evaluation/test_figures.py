@@ -7,7 +7,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cite_bench.metrics import AGGREGATES, METRICS
-from cite_bench.pipelines.evaluation.figures import (
+from cite_bench.reporting.figures import (
     compute_umap,
     plot_matrix_summary,
     plot_metric_summary,

@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cite_bench.evaluate import score_embedding
 from cite_bench.methods import METHODS
 from cite_bench.metrics import AGGREGATES, METRICS, PRESETS
-from cite_bench.pipelines.evaluation.nodes import (
-    compute_metrics,
+from cite_bench.pipelines.evaluation.nodes import compute_metrics
+from cite_bench.reporting import (
     format_metrics_table,
     scale_by_controls,
-    score_embedding,
     summarise_over_seeds,
     tabulate_metrics,
 )

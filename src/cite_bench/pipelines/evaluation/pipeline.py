@@ -1,23 +1,20 @@
-"""Per-method scoring (one namespace per method, as in modelling), then one table for all."""
+"""Per-method scoring (one namespace per method, as in modelling), the external embeddings'
+scoring, then one table for all (the reporting pipeline). Wiring only."""
+
+from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from functools import partial
 
 from kedro.pipeline import Node, Pipeline
 
-from cite_bench.methods import METHODS, Method, methods_with_role, unintegrated_reference
+from cite_bench.methods import METHODS, Method, unintegrated_reference
+from cite_bench.pipelines.external.pipeline import create_scoring_pipeline as external_scoring
+from cite_bench.pipelines.reporting import create_pipeline as create_reporting_pipeline
+from cite_bench.pipelines.reporting.pipeline import PICTURED_ROLES
 
-from .figures import compute_umap, compute_umaps, plot_metric_summary, plot_umaps
-from .nodes import (
-    check_external_embeddings,
-    compute_metrics,
-    format_metrics_table,
-    score_external_embeddings,
-    tabulate_metrics,
-)
-
-# Methods drawn in the UMAP figure: those under test and the baselines, not the controls.
-PICTURED = methods_with_role("integrated", "baseline", "external")
+from .nodes import compute_metrics, compute_umap
 
 
 def create_scoring_pipeline(method: Method) -> Pipeline:
@@ -37,7 +34,7 @@ def create_scoring_pipeline(method: Method) -> Pipeline:
             name="compute_metrics",
         )
     ]
-    if method.name in PICTURED:
+    if method.role in PICTURED_ROLES:
         nodes.append(
             Node(
                 compute_umap,
@@ -60,91 +57,15 @@ def create_scoring_pipeline(method: Method) -> Pipeline:
     )
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    # Scoring reads modelling's namespaced outputs and the table gathers evaluation's by their
-    # full names; Kedro warns about dots in names although its own namespacing made them.
+def create_pipeline(methods: Mapping[str, Method] | None = None, **kwargs) -> Pipeline:
+    """Every method's scoring (default: the registered ones), the external embeddings', and
+    the tables and figures of all."""
+    methods = METHODS if methods is None else methods
+    # Scoring reads modelling's namespaced outputs; Kedro warns about dots in names although
+    # its own namespacing made them.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
         scoring = sum(
-            (create_scoring_pipeline(method) for method in METHODS.values()), Pipeline([])
+            (create_scoring_pipeline(method) for method in methods.values()), Pipeline([])
         )
-        return scoring + create_external_pipeline()
-
-
-def create_external_pipeline() -> Pipeline:
-    """Score users' own embeddings (``external``) beside the registered methods and rebuild the
-    tables and figures: ``kedro run --pipeline external`` on a finished run."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
-        reference = f"modelling.{unintegrated_reference()}.embedding"
-        external = Pipeline(
-            [
-                Node(
-                    check_external_embeddings,
-                    inputs=["external_embeddings", "cell_metadata"],
-                    outputs="checked_external_embeddings",
-                    name="check_external_embeddings",
-                ),
-                Node(
-                    score_external_embeddings,
-                    inputs=[
-                        "checked_external_embeddings",
-                        reference,
-                        "cell_metadata",
-                        "params:evaluation",
-                        "params:columns",
-                    ],
-                    outputs="external_metrics",
-                    name="score_external_embeddings",
-                ),
-                Node(
-                    compute_umaps,
-                    inputs=["checked_external_embeddings", "params:evaluation"],
-                    outputs="external_umaps",
-                    name="compute_external_umaps",
-                ),
-            ],
-            tags=["evaluation", "external"],
-        )
-        return external + _summary_pipeline()
-
-
-def _summary_pipeline() -> Pipeline:
-    return Pipeline(
-        [
-            Node(
-                tabulate_metrics,
-                inputs={
-                    "params": "params:evaluation",
-                    "external_metrics": "external_metrics",
-                    **{method: f"evaluation.{method}.metrics" for method in METHODS},
-                },
-                outputs="metrics_table",
-                name="tabulate_metrics",
-            ),
-            Node(
-                format_metrics_table,
-                inputs=["metrics_table", "params:evaluation"],
-                outputs="metrics_markdown",
-                name="format_metrics_table",
-            ),
-            Node(
-                plot_metric_summary,
-                inputs=["metrics_table", "params:evaluation"],
-                outputs="metrics_summary_figure",
-                name="plot_metric_summary",
-            ),
-            Node(
-                plot_umaps,
-                inputs={
-                    "cells": "cell_metadata",
-                    "columns": "params:columns",
-                    "external_umaps": "external_umaps",
-                    **{method: f"evaluation.{method}.umap" for method in PICTURED},
-                },
-                outputs="umap_figure",
-                name="plot_umaps",
-            ),
-        ],
-        tags=["evaluation"],
-    )
+    return scoring + external_scoring() + create_reporting_pipeline(methods)

@@ -1,13 +1,56 @@
-"""The external embeddings' scoring and the tables and figures rebuilt with them.
+"""Score users' own embeddings (``external``) beside the registered methods, then rebuild the
+tables and figures (the reporting pipeline): ``kedro run --pipeline external`` on a finished
+run. Wiring only; the nodes are in ``nodes.py``."""
 
-The nodes are evaluation's (``evaluation/nodes.py``): an external embedding is scored exactly as
-a registered method's. This package only makes ``--pipeline external`` a pipeline of its own.
-"""
+from __future__ import annotations
 
-from kedro.pipeline import Pipeline
+import warnings
+from collections.abc import Mapping
 
-from cite_bench.pipelines.evaluation.pipeline import create_external_pipeline
+from kedro.pipeline import Node, Pipeline
+
+from cite_bench.methods import Method, unintegrated_reference
+from cite_bench.pipelines.reporting import create_pipeline as create_reporting_pipeline
+
+from .nodes import check_external_embeddings, compute_umaps, score_external_embeddings
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    return create_external_pipeline()
+def create_scoring_pipeline() -> Pipeline:
+    """Check and score the external embeddings, and their UMAPs."""
+    with warnings.catch_warnings():
+        # Kedro warns about the dot in modelling's namespaced output, which it named itself.
+        warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
+        reference = f"modelling.{unintegrated_reference()}.embedding"
+        return Pipeline(
+            [
+                Node(
+                    check_external_embeddings,
+                    inputs=["external_embeddings", "cell_metadata"],
+                    outputs="checked_external_embeddings",
+                    name="check_external_embeddings",
+                ),
+                Node(
+                    score_external_embeddings,
+                    inputs=[
+                        "checked_external_embeddings",
+                        reference,
+                        "cell_metadata",
+                        "params:evaluation",
+                        "params:columns",
+                    ],
+                    outputs="external_metrics",
+                    name="score_external_embeddings",
+                ),
+                Node(
+                    compute_umaps,
+                    inputs=["checked_external_embeddings", "params:evaluation"],
+                    outputs="external_umaps",
+                    name="compute_external_umaps",
+                ),
+            ],
+            tags=["evaluation", "external"],
+        )
+
+
+def create_pipeline(methods: Mapping[str, Method] | None = None, **kwargs) -> Pipeline:
+    return create_scoring_pipeline() + create_reporting_pipeline(methods)

@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 import scib
 
-from cite_bench.pipelines.evaluation.nodes import score_embedding
-from cite_bench.pipelines.evaluation.reference import (
+from cite_bench.evaluate import score_embedding
+from cite_bench.metrics.reference import (
     REFERENCE_KEYS,
     scib_graph,
     scib_reference_metrics,

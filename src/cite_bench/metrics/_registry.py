@@ -1,14 +1,16 @@
-"""The metrics, each listed once: a small function, its group, what it needs, its name.
+"""The metric registry: each metric listed once with its group, needs and name.
 
-In the style of scib-metrics' ``BioConservation`` / ``BatchCorrection``: every metric is a
-function of one ``ScoringData`` (an embedding with its cells, and the work metrics share:
-neighbours, Leiden clusterings, silhouettes), registered in ``METRICS`` with its group (bio
-conservation or batch correction), what it needs from the data and its display name. Scoring,
-tables, the "skipped: ..." notes, tracking keys, figures and the benchmark all read this
-registry; presets (``evaluation.metrics``) choose which metrics run.
+In the style of scib-metrics' ``BioConservation`` / ``BatchCorrection``: every entry's function
+is a one-line wrapper that takes the arrays it needs from one ``ScoringData`` (an embedding with
+its cells, and the work metrics share: neighbours, Leiden clusterings, silhouettes) and calls
+its family's function of arrays (``_silhouette``, ``_clustering``, ``_kbet``, ``_lisi``,
+``_cell_cycle``, ``_pcr``, ``_graph``). Scoring, tables, the "skipped: ..." notes, tracking keys,
+figures and the benchmark all read this registry; presets (``evaluation.metrics``) choose which
+metrics run.
 
-Adding a metric: write the function here, add one ``Metric`` to ``METRICS`` (and to a preset if
-it should be in one), and test it in ``tests/test_metrics.py``.
+Adding a metric: write its maths as a function of arrays in its family's module (or a new
+one), add one wrapper and one ``Metric`` here (and to a preset if it should be in one), and
+test it in ``tests/test_metrics.py``.
 """
 
 from __future__ import annotations
@@ -18,15 +20,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 
-from cite_bench.scoring import (
-    MetricNotApplicable,
-    MetricNotComputable,
-    ScoringData,
-    cell_cycle_conservation,
-)
-from cite_bench.scoring import isolated_label_f1 as isolated_label_f1_score
+from cite_bench.scoring import MetricNotApplicable, MetricNotComputable, ScoringData
+
+from . import _cell_cycle, _clustering, _graph, _kbet, _lisi, _pcr
 
 Group = Literal["bio", "batch"]
 # What a metric can need; each missing requirement gives a "skipped: ..." note.
@@ -57,31 +54,16 @@ class Metric:
 
 def ari(data: ScoringData) -> float:
     """Adjusted Rand index of the labels and the Leiden clusters that best match them."""
-    return data.mean_over_leiden_seeds(
-        "ari", lambda clusters: _against_labels(data, "ari", clusters)
-    )
+    return data.mean_over_leiden_seeds("ari", lambda clusters: _against(data, "ari", clusters))
 
 
 def nmi(data: ScoringData) -> float:
     """Normalised mutual information of the labels and the best-matching Leiden clusters."""
-    return data.mean_over_leiden_seeds(
-        "nmi", lambda clusters: _against_labels(data, "nmi", clusters)
-    )
+    return data.mean_over_leiden_seeds("nmi", lambda clusters: _against(data, "nmi", clusters))
 
 
-def _against_labels(data: ScoringData, name: str, clusters: np.ndarray) -> float:
-    """scib's ``ari`` or ``nmi`` of the labels and one clustering."""
-    import scib
-
-    adata = data.graph
-    adata.obs["_clusters"] = pd.Categorical(clusters)
-    try:
-        score = getattr(scib.me, name)(
-            adata, cluster_key="_clusters", label_key=data.columns["label"]
-        )
-    finally:
-        del adata.obs["_clusters"]
-    return float(score)
+def _against(data: ScoringData, name: str, clusters: np.ndarray) -> float:
+    return _clustering.against_labels(data.graph, name, clusters, data.columns["label"])
 
 
 def asw_label(data: ScoringData) -> float:
@@ -103,7 +85,7 @@ def isolated_label_f1(data: ScoringData) -> float:
     by_seed = data.full_sweeps
     with data.profile("isolated_label_f1"):
         scores = [
-            isolated_label_f1_score(data.adata.obs, label, batch, clusterings)
+            _clustering.isolated_label_f1(data.adata.obs, label, batch, clusterings)
             for clusterings in by_seed.values()
         ]
     if len(scores) > 1:
@@ -113,17 +95,15 @@ def isolated_label_f1(data: ScoringData) -> float:
 
 def clisi(data: ScoringData) -> float:
     """Graph cLISI (scib-metrics): how pure each cell's neighbourhood is in cell types."""
-    import scib_metrics
-
-    return float(scib_metrics.clisi_knn(data.neighbours, data.labels))
+    return _lisi.clisi(data.neighbours, data.labels)
 
 
 def cell_cycle(data: ScoringData) -> float:
     """Cell-cycle conservation (scib's definition, the annotated phase as covariate)."""
-    phase = data.columns["phase"]
+    phases = data.adata.obs[data.columns["phase"]]
     with data.profile("cell_cycle"):
-        value = cell_cycle_conservation(
-            data.embedding, data.reference, data.adata.obs[phase], data.batches
+        value = _cell_cycle.cell_cycle_conservation(
+            data.embedding, data.reference, phases, data.batches
         )
     if np.isnan(value):
         raise MetricNotApplicable("no batch has cells in two cell-cycle phases or more")
@@ -135,10 +115,8 @@ def cell_cycle(data: ScoringData) -> float:
 
 def graph_connectivity(data: ScoringData) -> float:
     """How connected each cell type's kNN subgraph is (scib's ``graph_connectivity``)."""
-    import scib
-
     with data.profile("graph_connectivity"):
-        return float(scib.me.graph_connectivity(data.graph, label_key=data.columns["label"]))
+        return _graph.graph_connectivity(data.graph, data.columns["label"])
 
 
 def asw_batch(data: ScoringData) -> float:
@@ -148,22 +126,18 @@ def asw_batch(data: ScoringData) -> float:
 
 def ilisi(data: ScoringData) -> float:
     """Graph iLISI (scib-metrics): how mixed each cell's neighbourhood is in batches."""
-    import scib_metrics
-
     with data.profile("ilisi"):
-        return float(scib_metrics.ilisi_knn(data.neighbours, data.batches))
+        return _lisi.ilisi(data.neighbours, data.batches)
 
 
 def kbet(data: ScoringData) -> float:
     """kBET acceptance rate per cell type (scib-metrics' ``kbet_per_label``, computed as
-    ``cite_bench.kbet`` explains)."""
+    ``cite_bench.metrics._kbet`` explains)."""
     from scipy.sparse.linalg import ArpackError, ArpackNoConvergence
-
-    from cite_bench.kbet import kbet_per_label
 
     with data.profile("kbet"):
         try:
-            return kbet_per_label(
+            return _kbet.kbet_per_label(
                 data.neighbours.knn_graph_connectivities,
                 data.batches,
                 data.labels,
@@ -176,14 +150,8 @@ def kbet(data: ScoringData) -> float:
 
 def pcr_comparison(data: ScoringData) -> float:
     """Batch variance explained by principal components, after against before integration."""
-    import scib_metrics
-
     with data.profile("pcr_comparison"):
-        return float(
-            scib_metrics.pcr_comparison(
-                data.reference, data.embedding, data.batches, scale=True, categorical=True
-            )
-        )
+        return _pcr.pcr_comparison(data.reference, data.embedding, data.batches)
 
 
 def _require_isolated_labels(data: ScoringData) -> None:
@@ -265,6 +233,9 @@ AGGREGATES: dict[str, str] = {
     "overall": "Overall (0.6 bio + 0.4 batch)",
 }
 SKIPPED = "skipped: "  # notes of metrics that do not apply, which aggregates leave out
+# Notes on values that were computed (spread over Leiden seeds), kept in the table but not
+# repeated under the markdown.
+LEIDEN_NOTE = "mean over"
 
 
 def select_metrics(selection: str | Sequence[str]) -> list[Metric]:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cite_bench.pipelines.evaluation.silhouette import silhouette_metrics
+from cite_bench.metrics import silhouette_metrics
 
 TOLERANCE = 1e-6
 

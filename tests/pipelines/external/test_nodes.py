@@ -11,16 +11,16 @@ from kedro.io.core import DatasetError
 from cite_bench.datasets import CiteSeqFilesDataset, ExternalEmbeddingsDataset
 from cite_bench.methods import METHODS
 from cite_bench.pipelines.data_processing import nodes as processing
-from cite_bench.pipelines.evaluation.nodes import (
+from cite_bench.pipelines.evaluation.nodes import compute_metrics
+from cite_bench.pipelines.external.nodes import (
     ExternalEmbeddingError,
     check_external_embeddings,
-    compute_metrics,
     score_external_embeddings,
-    tabulate_metrics,
 )
+from cite_bench.reporting import tabulate_metrics
 from cite_bench.seeds import stack_seeds
 
-from .test_nodes import CONTROLS, PARAMS, _cells, _embedding
+from ..evaluation.test_nodes import CONTROLS, PARAMS, _cells, _embedding
 
 
 def _load(tmp_path, frame: pd.DataFrame, suffix: str, **spec) -> dict:

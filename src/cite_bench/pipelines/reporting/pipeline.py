@@ -1,0 +1,70 @@
+"""One table of every method's scores (registered and external), its markdown and figures.
+
+Wiring only: the nodes are ``cite_bench.reporting``'s functions. The evaluation and external
+pipelines end with it; on its own it rebuilds the tables and figures from the scores saved.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+from kedro.pipeline import Node, Pipeline
+
+from cite_bench.methods import METHODS, Method
+from cite_bench.reporting import format_metrics_table, tabulate_metrics
+from cite_bench.reporting.figures import plot_metric_summary, plot_umaps
+
+# Methods drawn in the UMAP figure: those under test and the baselines, not the controls.
+PICTURED_ROLES = ("integrated", "baseline", "external")
+
+
+def pictured(methods: Mapping[str, Method]) -> list[str]:
+    return [name for name, method in methods.items() if method.role in PICTURED_ROLES]
+
+
+def create_pipeline(methods: Mapping[str, Method] | None = None, **kwargs) -> Pipeline:
+    """The table, markdown and figures of ``methods`` (default: every registered method)."""
+    methods = METHODS if methods is None else methods
+    with warnings.catch_warnings():
+        # It gathers evaluation's outputs by their full names; Kedro warns about the dots
+        # although its own namespacing made them.
+        warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
+        return Pipeline(
+            [
+                Node(
+                    tabulate_metrics,
+                    inputs={
+                        "params": "params:evaluation",
+                        "external_metrics": "external_metrics",
+                        **{method: f"evaluation.{method}.metrics" for method in methods},
+                    },
+                    outputs="metrics_table",
+                    name="tabulate_metrics",
+                ),
+                Node(
+                    format_metrics_table,
+                    inputs=["metrics_table", "params:evaluation"],
+                    outputs="metrics_markdown",
+                    name="format_metrics_table",
+                ),
+                Node(
+                    plot_metric_summary,
+                    inputs=["metrics_table", "params:evaluation"],
+                    outputs="metrics_summary_figure",
+                    name="plot_metric_summary",
+                ),
+                Node(
+                    plot_umaps,
+                    inputs={
+                        "cells": "cell_metadata",
+                        "columns": "params:columns",
+                        "external_umaps": "external_umaps",
+                        **{method: f"evaluation.{method}.umap" for method in pictured(methods)},
+                    },
+                    outputs="umap_figure",
+                    name="plot_umaps",
+                ),
+            ],
+            tags=["evaluation"],
+        )
