@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from cite_bench.artifacts import CELL_METADATA, MUDATA, RAW_INPUT
+
 from .nodes import (
     assemble_mudata,
     extract_cell_metadata,
@@ -17,7 +19,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 validate_input,
-                inputs=["raw_cite_seq", "params:columns", "params:data_processing"],
+                inputs=[RAW_INPUT, "params:columns", "params:data_processing"],
                 outputs="paired_modalities",
                 name="validate_input",
             ),
@@ -42,13 +44,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 assemble_mudata,
                 inputs=["rna_preprocessed", "adt_preprocessed", "subsampled_modalities"],
-                outputs="cite_seq_mudata",
+                outputs=MUDATA,
                 name="assemble_mudata",
             ),
             Node(
                 extract_cell_metadata,
-                inputs="cite_seq_mudata",
-                outputs="cell_metadata",
+                inputs=MUDATA,
+                outputs=CELL_METADATA,
                 name="extract_cell_metadata",
             ),
         ]

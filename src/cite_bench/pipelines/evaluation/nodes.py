@@ -16,16 +16,9 @@ import pandas as pd
 from cite_bench.evaluate import score_embedding
 from cite_bench.methods import Method
 from cite_bench.metrics import SKIPPED, select_metrics
-from cite_bench.reporting import (  # noqa: F401 - summarise_over_seeds, ranked_methods: see below
-    ranked_methods,
-    summarise_over_seeds,
-)
 from cite_bench.reporting.figures import compute_umap
 from cite_bench.seeds import first_seed, parse_seeds, split_by_seed
 
-# summarise_over_seeds and ranked_methods are only re-exported for tracking.py and the
-# notebook until they import cite_bench.reporting (then drop them from this import), as are
-# figures.py and reference.py here for cli.py, the notebook and benchmark.py.
 __all__ = ["compute_metrics", "compute_umap"]
 
 

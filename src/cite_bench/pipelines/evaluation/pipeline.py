@@ -9,6 +9,8 @@ from functools import partial
 
 from kedro.pipeline import Node, Pipeline
 
+from cite_bench import artifacts
+from cite_bench.artifacts import CELL_METADATA
 from cite_bench.methods import METHODS, Method, unintegrated_reference
 from cite_bench.pipelines.external.pipeline import create_scoring_pipeline as external_scoring
 from cite_bench.pipelines.reporting import create_pipeline as create_reporting_pipeline
@@ -24,7 +26,7 @@ def create_scoring_pipeline(method: Method) -> Pipeline:
             inputs=[
                 "embedding",
                 "unintegrated",
-                "cell_metadata",
+                CELL_METADATA,
                 "params:evaluation",
                 "params:columns",
                 "params:seeds",
@@ -45,12 +47,12 @@ def create_scoring_pipeline(method: Method) -> Pipeline:
         )
     return Pipeline(
         Pipeline(nodes),
-        namespace=f"evaluation.{method.name}",
+        namespace=artifacts.evaluation_namespace(method.name),
         inputs={
-            "embedding": f"modelling.{method.name}.embedding",
+            "embedding": artifacts.embedding(method.name),
             # Reference-based metrics (PCR comparison, cell cycle) compare with it.
-            "unintegrated": f"modelling.{unintegrated_reference()}.embedding",
-            "cell_metadata": "cell_metadata",
+            "unintegrated": artifacts.embedding(unintegrated_reference()),
+            CELL_METADATA: CELL_METADATA,
         },
         parameters={"params:evaluation", "params:columns", "params:seeds", "params:controls"},
         tags=["evaluation", method.name, method.role],

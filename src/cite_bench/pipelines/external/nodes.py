@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from cite_bench.artifacts import EXTERNAL_METRICS
 from cite_bench.evaluate import score_embeddings
 from cite_bench.methods import METHODS
 from cite_bench.outputs import MethodOutput, OutputError
@@ -20,7 +21,7 @@ __all__ = [
     "score_external_embeddings",
 ]
 # Names an external method cannot take: the registered methods' and the table node's inputs.
-RESERVED = {"params", "external_metrics"}
+RESERVED = {"params", EXTERNAL_METRICS}
 
 
 class ExternalEmbeddingError(OutputError):

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 
 from kedro.pipeline import Node, Pipeline
 
+from cite_bench import artifacts
+from cite_bench.artifacts import CELL_METADATA, EXTERNAL_EMBEDDINGS, EXTERNAL_METRICS
 from cite_bench.methods import Method, unintegrated_reference
 from cite_bench.pipelines.reporting import create_pipeline as create_reporting_pipeline
 
@@ -20,12 +22,12 @@ def create_scoring_pipeline() -> Pipeline:
     with warnings.catch_warnings():
         # Kedro warns about the dot in modelling's namespaced output, which it named itself.
         warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
-        reference = f"modelling.{unintegrated_reference()}.embedding"
+        reference = artifacts.embedding(unintegrated_reference())
         return Pipeline(
             [
                 Node(
                     check_external_embeddings,
-                    inputs=["external_embeddings", "cell_metadata"],
+                    inputs=[EXTERNAL_EMBEDDINGS, CELL_METADATA],
                     outputs="checked_external_embeddings",
                     name="check_external_embeddings",
                 ),
@@ -34,11 +36,11 @@ def create_scoring_pipeline() -> Pipeline:
                     inputs=[
                         "checked_external_embeddings",
                         reference,
-                        "cell_metadata",
+                        CELL_METADATA,
                         "params:evaluation",
                         "params:columns",
                     ],
-                    outputs="external_metrics",
+                    outputs=EXTERNAL_METRICS,
                     name="score_external_embeddings",
                 ),
                 Node(

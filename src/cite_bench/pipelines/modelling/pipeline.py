@@ -7,6 +7,8 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
+from cite_bench import artifacts
+from cite_bench.artifacts import MUDATA
 from cite_bench.methods import METHODS, Method
 
 from .nodes import train
@@ -29,7 +31,7 @@ def create_method_pipeline(method: Method) -> Pipeline:
             Node(
                 node_function,
                 inputs=[
-                    "cite_seq_mudata",
+                    MUDATA,
                     "params:modelling",
                     "params:training_length",
                     "params:seeds",
@@ -43,8 +45,8 @@ def create_method_pipeline(method: Method) -> Pipeline:
     )
     return Pipeline(
         template,
-        namespace=f"modelling.{method.name}",
-        inputs={"cite_seq_mudata"},
+        namespace=artifacts.modelling_namespace(method.name),
+        inputs={MUDATA},
         parameters=SHARED_PARAMETERS,
         tags=["modelling", method.name, method.role, *(["gpu"] if method.uses_gpu else [])],
     )

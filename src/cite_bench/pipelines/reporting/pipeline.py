@@ -11,6 +11,15 @@ from collections.abc import Mapping
 
 from kedro.pipeline import Node, Pipeline
 
+from cite_bench import artifacts
+from cite_bench.artifacts import (
+    CELL_METADATA,
+    EXTERNAL_METRICS,
+    METRICS_MARKDOWN,
+    METRICS_SUMMARY_FIGURE,
+    METRICS_TABLE,
+    UMAP_FIGURE,
+)
 from cite_bench.methods import METHODS, Method
 from cite_bench.reporting import format_metrics_table, tabulate_metrics
 from cite_bench.reporting.figures import plot_metric_summary, plot_umaps
@@ -36,33 +45,33 @@ def create_pipeline(methods: Mapping[str, Method] | None = None, **kwargs) -> Pi
                     tabulate_metrics,
                     inputs={
                         "params": "params:evaluation",
-                        "external_metrics": "external_metrics",
-                        **{method: f"evaluation.{method}.metrics" for method in methods},
+                        EXTERNAL_METRICS: EXTERNAL_METRICS,
+                        **{method: artifacts.metrics(method) for method in methods},
                     },
-                    outputs="metrics_table",
+                    outputs=METRICS_TABLE,
                     name="tabulate_metrics",
                 ),
                 Node(
                     format_metrics_table,
-                    inputs=["metrics_table", "params:evaluation"],
-                    outputs="metrics_markdown",
+                    inputs=[METRICS_TABLE, "params:evaluation"],
+                    outputs=METRICS_MARKDOWN,
                     name="format_metrics_table",
                 ),
                 Node(
                     plot_metric_summary,
-                    inputs=["metrics_table", "params:evaluation"],
-                    outputs="metrics_summary_figure",
+                    inputs=[METRICS_TABLE, "params:evaluation"],
+                    outputs=METRICS_SUMMARY_FIGURE,
                     name="plot_metric_summary",
                 ),
                 Node(
                     plot_umaps,
                     inputs={
-                        "cells": "cell_metadata",
+                        "cells": CELL_METADATA,
                         "columns": "params:columns",
                         "external_umaps": "external_umaps",
-                        **{method: f"evaluation.{method}.umap" for method in pictured(methods)},
+                        **{method: artifacts.umap(method) for method in pictured(methods)},
                     },
-                    outputs="umap_figure",
+                    outputs=UMAP_FIGURE,
                     name="plot_umaps",
                 ),
             ],
