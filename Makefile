@@ -58,9 +58,10 @@ system-packages:
 	{ $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; } \
 	|| echo "Could not install $(SYSTEM_PACKAGES): the tests that need them skip"
 
-lint: install-test
+lint: install-test  ## ruff, and import-linter's contracts (pyproject.toml): the library never imports its pipelines
 	$(BIN)/ruff check src tests docs tools
 	$(BIN)/ruff format --check src tests docs tools
+	$(BIN)/lint-imports --no-cache
 
 docs: install-docs  ## the docs site in site/ (reference pages generated from the registries), warnings as errors
 	$(BIN)/mkdocs build --strict

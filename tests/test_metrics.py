@@ -99,7 +99,7 @@ def test_a_metric_added_to_the_registry_reaches_table_tracking_and_figure(monkey
 
 
 def test_a_metric_that_fails_numerically_is_reported_and_counts_as_zero(monkeypatch, columns):
-    from cite_bench.scoring import MetricNotComputable
+    from cite_bench.metrics import MetricNotComputable
 
     def diverges(data) -> float:
         """Toy metric whose computation fails."""

@@ -24,7 +24,7 @@ import pytest
 import scib
 
 from cite_bench.evaluate import score_embedding
-from cite_bench.metrics.reference import (
+from cite_bench.reference import (
     REFERENCE_KEYS,
     scib_graph,
     scib_reference_metrics,

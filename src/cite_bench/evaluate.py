@@ -27,10 +27,12 @@ from cite_bench.metrics import (
     REQUIREMENTS,
     SKIPPED,
     Metric,
+    MetricNotApplicable,
+    MetricNotComputable,
     select_metrics,
 )
 from cite_bench.outputs import MethodOutput, OutputKind
-from cite_bench.scoring import MetricNotApplicable, MetricNotComputable, Profiler, ScoringData
+from cite_bench.scoring import Profiler, ScoringData
 
 logger = logging.getLogger(__name__)
 

@@ -53,16 +53,6 @@ def logged_step(step: str) -> Iterator[None]:
 LeidenResult = tuple[dict[int, list[np.ndarray]], dict[int, np.ndarray]]
 
 
-class MetricNotApplicable(Exception):  # noqa: N818 - reads as what it is: a reason, not a fault
-    """A metric that does not apply to these data; the message says why."""
-
-
-class MetricNotComputable(Exception):  # noqa: N818
-    """A metric that applies but failed numerically on this embedding (e.g. a diffusion map
-    that does not converge on a degenerate geometry); the message says why. It counts as a
-    failure: 0 in the aggregates."""
-
-
 def embedding_anndata(embedding: pd.DataFrame, cells: pd.DataFrame) -> ad.AnnData:
     """Pair an embedding with the cell annotations, refusing any mismatch of barcodes
     (``MethodOutput``: finite values, constant dimensions dropped)."""

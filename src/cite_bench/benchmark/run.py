@@ -102,7 +102,7 @@ def stage_scib_path(
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    from cite_bench.metrics.reference import scib_reference_metrics
+    from cite_bench.reference import scib_reference_metrics
     from cite_bench.seeds import first_seed
 
     os.chdir(project_path)
@@ -180,7 +180,7 @@ def run_benchmark(
     benchmark that fails or is stopped at a large size keeps what the smaller sizes measured.
     """
     from cite_bench.methods import unintegrated_reference
-    from cite_bench.metrics.reference import REFERENCE_KEYS
+    from cite_bench.reference import REFERENCE_KEYS
 
     rows: list[Row] = []
     integrated = [model for model in models if METHODS[model].role == "integrated"]

@@ -3,12 +3,14 @@
 Each family's maths is a plain function of arrays in a private module (``_silhouette``,
 ``_clustering``, ``_kbet``, ``_lisi``, ``_cell_cycle``, ``_pcr``, ``_graph``); the registry
 (``_registry``) lists every metric once, with its group, needs and name, as a one-line wrapper
-that takes its arrays from the shared work (``cite_bench.scoring.ScoringData``). ``reference``
-keeps scib's own code path, against which tests and the benchmark check the fast one.
+that takes its arrays from the shared work (``cite_bench.scoring.ScoringData``).
+``cite_bench.reference`` keeps scib's own code path, against which tests and the benchmark
+check the fast one.
 """
 
 from ._cell_cycle import cell_cycle_conservation
 from ._clustering import against_labels, isolated_label_f1, isolated_labels
+from ._errors import MetricNotApplicable, MetricNotComputable
 from ._graph import graph_connectivity
 from ._kbet import kbet_acceptance, kbet_per_label
 from ._lisi import clisi, ilisi
@@ -52,6 +54,8 @@ __all__ = [
     "SKIPPED",
     "Group",
     "Metric",
+    "MetricNotApplicable",
+    "MetricNotComputable",
     "against_labels",
     "aggregate",
     "cell_cycle_conservation",

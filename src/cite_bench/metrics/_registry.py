@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from cite_bench.scoring import MetricNotApplicable, MetricNotComputable, ScoringData
+from ._errors import MetricNotApplicable, MetricNotComputable
+
+if TYPE_CHECKING:
+    from cite_bench.scoring import ScoringData
 
 from . import _cell_cycle, _clustering, _graph, _kbet, _lisi, _pcr
 
