@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import nbformat
@@ -36,6 +37,8 @@ def test_comparison_notebook_executes(project):
         for output in cell.get("outputs", [])
     )
     assert "MLflow and the catalog agree on" in printed
+    agreed = re.search(r"The API and the pipeline agree on (\d+) scores", printed)
+    assert agreed and int(agreed.group(1)) >= 5
     images = [
         output
         for cell in notebook.cells

@@ -53,7 +53,7 @@ class Columns(_Block):
 
 class Subsample(_Block):
     n_cells: PositiveInt | None
-    seed: int = Seed
+    seed: int = Field(default=0, ge=0)
 
 
 class DataProcessing(_Block):
@@ -88,8 +88,8 @@ Modelling = modelling_schema()
 
 
 class Scaling(_Block):
-    min_control_range: float = Field(ge=0)
-    flag_outside: tuple[float, float]
+    min_control_range: float = Field(default=0.01, ge=0)
+    flag_outside: tuple[float, float] = (-0.5, 1.5)
 
 
 class Controls(_Block):
@@ -97,18 +97,21 @@ class Controls(_Block):
 
 
 class Evaluation(_Block):
-    metrics: str | list[str]
-    rank_by: Literal["scaled", "raw"]
-    scaling: Scaling
-    n_neighbors: int = Field(ge=2)
-    lisi_neighbors: int = Field(ge=2)
-    leiden_resolutions: tuple[PositiveFloat, PositiveFloat, PositiveInt]
-    leiden_flavor: Literal["igraph", "leidenalg"]
-    leiden_seeds: list[int] = Field(min_length=1)
+    """The evaluation settings; the defaults are conf/base's (a test holds them equal), so the
+    notebook API (``cite_bench.api``) scores as ``kedro run`` does."""
+
+    metrics: str | list[str] = "scib"
+    rank_by: Literal["scaled", "raw"] = "scaled"
+    scaling: Scaling = Field(default_factory=Scaling)
+    n_neighbors: int = Field(default=15, ge=2)
+    lisi_neighbors: int = Field(default=90, ge=2)
+    leiden_resolutions: tuple[PositiveFloat, PositiveFloat, PositiveInt] = (0.1, 2.0, 20)
+    leiden_flavor: Literal["igraph", "leidenalg"] = "igraph"
+    leiden_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
     leiden_seed_window: NonNegativeInt | None = None
     leiden_processes: PositiveInt | Literal["auto"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = Seed
+    seed: int = Field(default=0, ge=0)
 
     @field_validator("metrics")
     @classmethod

@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import mudata as md
-import numpy as np
 from pydantic import Field
 
-from ._controls import control_result
 from ._spec import Hyperparameters, Method, Trained
+from .controls import control_result, one_hot
 
 
 class CellTypeHyperparameters(Hyperparameters):
@@ -21,13 +20,7 @@ def train(
     mdata: md.MuData, settings: CellTypeHyperparameters, seed: int, columns: Mapping[str, str]
 ) -> Trained:
     labels = mdata.obs.loc[mdata["rna"].obs_names, columns["label"]]
-    codes = labels.astype("category").cat.remove_unused_categories().cat.codes.to_numpy()
-    latent = np.zeros((codes.size, int(codes.max()) + 1))
-    labelled = codes >= 0  # unlabelled cells stay at the origin
-    latent[np.flatnonzero(labelled), codes[labelled]] = 1.0
-    if settings.jitter:
-        rng = np.random.default_rng(seed)
-        latent += rng.uniform(-settings.jitter, settings.jitter, latent.shape)
+    latent = one_hot(labels, settings.jitter, seed)
     return control_result(mdata, settings, seed, latent)
 
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import mudata as md
-import numpy as np
 
-from ._controls import control_result
 from ._spec import LatentHyperparameters, Method, Trained
+from .controls import control_result, gaussian
 
 
 def train(
     mdata: md.MuData, settings: LatentHyperparameters, seed: int, columns: Mapping[str, str]
 ) -> Trained:
-    rng = np.random.default_rng(seed)
-    latent = rng.standard_normal((mdata["rna"].n_obs, settings.n_latent))
+    latent = gaussian(mdata["rna"].n_obs, settings.n_latent, seed)
     return control_result(mdata, settings, seed, latent)
 
 

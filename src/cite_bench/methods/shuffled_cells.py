@@ -8,9 +8,9 @@ from collections.abc import Mapping
 import mudata as md
 import numpy as np
 
-from ._controls import control_result, shuffled_within
 from ._pca import unintegrated_latent
 from ._spec import LatentHyperparameters, Method, Trained
+from .controls import control_result, shuffled_within
 
 
 def train(
