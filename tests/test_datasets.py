@@ -191,14 +191,14 @@ def test_simulated_dataset_is_generated_on_load():
 
 
 def _tenx(starter_dir, batch: str = "s1d1"):
-    from tests.cite_seq_files import cell_ranger_counts, starter_pair
+    from tests.builders import cell_ranger_counts, starter_pair
 
     return cell_ranger_counts(*starter_pair(starter_dir, batch))
 
 
 @pytest.mark.parametrize("layout", ["h5", "folder"])
 def test_cell_ranger_output_is_read_with_every_feature_type(starter_dir, tmp_path, layout):
-    from tests.cite_seq_files import write_cell_ranger_folder, write_cell_ranger_h5
+    from tests.builders import write_cell_ranger_folder, write_cell_ranger_h5
 
     expected = _tenx(starter_dir)
     write = write_cell_ranger_h5 if layout == "h5" else write_cell_ranger_folder
@@ -221,7 +221,7 @@ def test_cell_ranger_output_is_read_with_every_feature_type(starter_dir, tmp_pat
 def test_repeated_gene_symbols_are_made_unique_within_their_feature_type(
     starter_dir, tmp_path, caplog
 ):
-    from tests.cite_seq_files import write_cell_ranger_h5
+    from tests.builders import write_cell_ranger_h5
 
     adata = _tenx(starter_dir)
     names = adata.var_names.to_numpy().copy()
@@ -240,7 +240,7 @@ def test_repeated_gene_symbols_are_made_unique_within_their_feature_type(
 
 
 def test_several_samples_are_one_dataset_with_the_sample_as_batch(starter_dir, tmp_path, caplog):
-    from tests.cite_seq_files import write_cell_ranger_folder, write_cell_ranger_h5
+    from tests.builders import write_cell_ranger_folder, write_cell_ranger_h5
 
     first, second = _tenx(starter_dir, "s1d1"), _tenx(starter_dir, "s1d2")
     write_cell_ranger_h5(first, tmp_path / "d1.h5")
@@ -262,7 +262,7 @@ def test_several_samples_are_one_dataset_with_the_sample_as_batch(starter_dir, t
 
 
 def test_input_readers_know_the_formats_and_are_read_only(starter_dir, tmp_path):
-    from tests.cite_seq_files import starter_pair, write_cell_ranger_h5, write_h5mu
+    from tests.builders import starter_pair, write_cell_ranger_h5, write_h5mu
 
     rna, adt = starter_pair(starter_dir, "s1d1")
     files = {
@@ -320,7 +320,7 @@ def test_an_h5ad_under_another_name_is_read_as_anndata(starter_dir, tmp_path):
 
 
 def test_an_h5mu_under_another_name_is_read_as_mudata(starter_dir, tmp_path):
-    from tests.cite_seq_files import starter_pair, write_h5mu
+    from tests.builders import starter_pair, write_h5mu
 
     path = _renamed(
         write_h5mu(*starter_pair(starter_dir, "s1d1"), tmp_path / "x.h5mu"), tmp_path / "x.bin"
@@ -331,7 +331,7 @@ def test_an_h5mu_under_another_name_is_read_as_mudata(starter_dir, tmp_path):
 
 @pytest.mark.parametrize("layout", ["h5", "folder"])
 def test_cell_ranger_output_under_another_name_is_read(starter_dir, tmp_path, layout):
-    from tests.cite_seq_files import write_cell_ranger_folder, write_cell_ranger_h5
+    from tests.builders import write_cell_ranger_folder, write_cell_ranger_h5
 
     expected = _tenx(starter_dir)
     if layout == "h5":
@@ -387,7 +387,7 @@ def test_unknown_or_missing_inputs_are_named(tmp_path):
 
 
 def test_a_pair_refuses_another_format_with_the_command_that_reads_it(starter_dir, tmp_path):
-    from tests.cite_seq_files import starter_pair, write_h5mu
+    from tests.builders import starter_pair, write_h5mu
 
     h5mu = write_h5mu(*starter_pair(starter_dir, "s1d1"), tmp_path / "x.h5mu")
     dataset = CiteSeqInputDataset(filepath=str(h5mu), adt_filepath=str(starter_dir / "adt.h5ad"))

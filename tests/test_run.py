@@ -290,7 +290,7 @@ def test_a_dataset_without_labels_still_trains_and_says_what_was_skipped(project
 
 
 def _tenx_h5(folder: Path, starter_dir: Path) -> tuple[str, dict]:
-    from .cite_seq_files import cell_ranger_counts, starter_pair, write_cell_ranger_h5
+    from .builders import cell_ranger_counts, starter_pair, write_cell_ranger_h5
 
     path = write_cell_ranger_h5(
         cell_ranger_counts(*starter_pair(starter_dir, "s1d1")), folder / "filtered.h5"
@@ -299,7 +299,7 @@ def _tenx_h5(folder: Path, starter_dir: Path) -> tuple[str, dict]:
 
 
 def _tenx_folder(folder: Path, starter_dir: Path) -> tuple[str, dict]:
-    from .cite_seq_files import cell_ranger_counts, starter_pair, write_cell_ranger_folder
+    from .builders import cell_ranger_counts, starter_pair, write_cell_ranger_folder
 
     path = write_cell_ranger_folder(
         cell_ranger_counts(*starter_pair(starter_dir, "s1d2")), folder / "filtered"
@@ -308,14 +308,14 @@ def _tenx_folder(folder: Path, starter_dir: Path) -> tuple[str, dict]:
 
 
 def _h5mu(folder: Path, starter_dir: Path) -> tuple[str, dict]:
-    from .cite_seq_files import starter_pair, write_h5mu
+    from .builders import starter_pair, write_h5mu
 
     return "h5mu", {"path": str(write_h5mu(*starter_pair(starter_dir), folder / "data.h5mu"))}
 
 
 def _h5ad_single_sample(folder: Path, starter_dir: Path) -> tuple[str, dict]:
     """One sample, counts in X (no counts layer), 10x feature types, labels, no batch."""
-    from .cite_seq_files import cell_ranger_counts, starter_pair
+    from .builders import cell_ranger_counts, starter_pair
 
     rna, adt = starter_pair(starter_dir, "s1d2")
     adata = cell_ranger_counts(rna, adt)
@@ -359,7 +359,7 @@ def test_data_processing_reads_every_input_format(
 
 def test_several_cell_ranger_samples_from_the_command_line(project, tmp_path, starter_dir):
     """The README's command: one Cell Ranger output per sample, named on the command line."""
-    from .cite_seq_files import (
+    from .builders import (
         cell_ranger_counts,
         starter_pair,
         write_cell_ranger_folder,

@@ -18,7 +18,7 @@ from kedro.io.core import DatasetError
 from scipy import sparse
 
 from cite_bench.pipelines.data_processing.nodes import InputDataError, validate_input
-from tests.cite_seq_files import (
+from tests.builders import (
     cell_ranger_counts,
     write_cell_ranger_folder,
     write_cell_ranger_h5,

@@ -171,7 +171,7 @@ def test_starter_files_are_processed(starter_dir, processing_params, columns):
 def test_single_sample_preprocessing_without_batch_or_site(starter_dir, processing_params, columns):
     """One sample from the starter, counts in X, no annotations: one batch, HVGs without a
     batch key to speak of, CLR as usual."""
-    from tests.cite_seq_files import cell_ranger_counts, starter_pair
+    from tests.builders import cell_ranger_counts, starter_pair
 
     raw = cell_ranger_counts(*starter_pair(starter_dir, "s1d2"))
     paired = validate_input(raw, columns, processing_params)

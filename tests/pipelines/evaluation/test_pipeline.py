@@ -10,8 +10,7 @@ from matplotlib.figure import Figure
 from cite_bench.methods import METHODS, methods_with_role, unintegrated_reference
 from cite_bench.metrics import AGGREGATES, PRESETS
 from cite_bench.pipelines.evaluation.pipeline import create_pipeline
-
-from ..in_memory import run_in_memory, stacked
+from tests.builders import run_in_memory, stacked
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ from cite_bench.methods import METHODS, methods_with_role, unintegrated_referenc
 from cite_bench.metrics import PRESETS
 from cite_bench.pipelines.external.nodes import ExternalEmbeddingError
 from cite_bench.pipelines.external.pipeline import create_pipeline
-
-from ..in_memory import run_in_memory, stacked
+from tests.builders import run_in_memory, stacked
 
 
 def _inputs(tmp_path, simulated_cells, evaluation_params, columns, frame) -> dict:

@@ -4,15 +4,14 @@ from the parameters (defaults, training length, overrides), one output per seed.
 from __future__ import annotations
 
 import pytest
-from kedro.io import DataCatalog, MemoryDataset
-from kedro.runner import SequentialRunner
 
 from cite_bench.methods import METHODS
 from cite_bench.pipelines.modelling.pipeline import create_pipeline
 from cite_bench.seeds import split_by_seed
+from tests.builders import run_in_memory
 
 
-def _catalog(mdata, columns, **params) -> DataCatalog:
+def _inputs(mdata, columns, **params) -> dict:
     values = {
         "modelling": {},
         "training_length": "fast",
@@ -21,15 +20,13 @@ def _catalog(mdata, columns, **params) -> DataCatalog:
         "controls": {"enabled": True},
         **params,
     }
-    datasets = {f"params:{key}": MemoryDataset(value) for key, value in values.items()}
-    # As the catalog holds it: passed on, not deep-copied (nodes copy what they change).
-    mudata = MemoryDataset(mdata, copy_mode="assign")
-    return DataCatalog({"cite_seq_mudata": mudata, **datasets})
+    return {"cite_seq_mudata": mdata, **{f"params:{key}": value for key, value in values.items()}}
 
 
-def _run(methods, catalog):
-    outputs = SequentialRunner().run(create_pipeline(methods=methods), catalog)
-    return {name: dataset.load() for name, dataset in outputs.items()}
+def _run(methods, inputs) -> dict:
+    pipeline = create_pipeline(methods=methods)
+    catalog = run_in_memory(pipeline, inputs)
+    return {name: catalog.load(name) for name in pipeline.outputs()}
 
 
 def test_every_registered_method_has_its_namespace():
@@ -40,7 +37,7 @@ def test_every_registered_method_has_its_namespace():
 
 def test_the_methods_given_train_once_per_seed(small_mudata, columns):
     methods = {name: METHODS[name] for name in ("pca_rna", "mofa", "random_gaussian")}
-    outputs = _run(methods, _catalog(small_mudata, columns))
+    outputs = _run(methods, _inputs(small_mudata, columns))
     assert {name.split(".")[1] for name in outputs} == set(methods)
     for name in methods:
         embeddings = split_by_seed(outputs[f"modelling.{name}.embedding"])
@@ -56,7 +53,7 @@ def test_the_methods_given_train_once_per_seed(small_mudata, columns):
 def test_overrides_reach_the_trainer(small_mudata, columns):
     overrides = {"pca_rna": {"hyperparameters": {"n_latent": 3}}}
     outputs = _run(
-        {"pca_rna": METHODS["pca_rna"]}, _catalog(small_mudata, columns, modelling=overrides)
+        {"pca_rna": METHODS["pca_rna"]}, _inputs(small_mudata, columns, modelling=overrides)
     )
     assert outputs["modelling.pca_rna.embedding"].shape[1] == 3
 
@@ -64,4 +61,4 @@ def test_overrides_reach_the_trainer(small_mudata, columns):
 def test_a_typo_in_the_overrides_stops_the_node(small_mudata, columns):
     overrides = {"pca_rna": {"hyperparameters": {"n_latnet": 3}}}
     with pytest.raises(Exception, match="n_latnet"):
-        _run({"pca_rna": METHODS["pca_rna"]}, _catalog(small_mudata, columns, modelling=overrides))
+        _run({"pca_rna": METHODS["pca_rna"]}, _inputs(small_mudata, columns, modelling=overrides))
