@@ -28,6 +28,7 @@ from cite_bench.methods import (
     Method,
     overrides_of,
     training_lengths,
+    unresolvable_model_classes,
 )
 from cite_bench.metrics import PRESETS, select_metrics
 from cite_bench.seeds import parse_seeds
@@ -172,6 +173,7 @@ def validate_parameters(params: dict[str, Any]) -> None:
         f"modelling.{name}: unknown method (known: {', '.join(sorted(METHODS))})"
         for name in sorted(set(modelling) - set(METHODS))
     ]
+    problems += unresolvable_model_classes(METHODS)
     known = {**params, "modelling": {k: v for k, v in modelling.items() if k in METHODS}}
     try:
         checked = Parameters.model_validate(known)

@@ -52,6 +52,22 @@ def test_model_store_allow_list_is_every_declared_class():
     assert "scvi.model.SCVI" in MODEL_CLASSES  # scvi_rna: declared in its module only
 
 
+def test_a_model_class_that_cannot_be_loaded_is_named_at_start_up():
+    from dataclasses import replace
+
+    from cite_bench.methods import unresolvable_model_classes
+
+    assert unresolvable_model_classes(METHODS) == []
+    broken = {
+        "a": replace(METHODS["pca_rna"], model_class="cite_bench.methods.model_artifacts.Nope"),
+        "b": replace(METHODS["totalvi"], model_class="not_installed_pkg.Model"),
+    }
+    assert unresolvable_model_classes(broken) == [
+        "a: model_class 'cite_bench.methods.model_artifacts.Nope' cannot be loaded",
+        "b: model_class 'not_installed_pkg.Model' cannot be loaded",
+    ]
+
+
 def test_typos_in_settings_are_refused():
     with pytest.raises(ValidationError, match="max_epoch"):
         METHODS["totalvi"].settings({"max_epoch": 3})

@@ -18,6 +18,7 @@ Roles:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "resolved_settings",
     "role_of",
     "training_lengths",
+    "unresolvable_model_classes",
     "unintegrated_reference",
 ]
 
@@ -80,6 +82,22 @@ def registry(modules: Iterable[str]) -> dict[str, Method]:
     if sum(method.unintegrated_reference for method in methods.values()) > 1:
         raise ValueError("More than one method is marked as the unintegrated reference.")
     return methods
+
+
+def unresolvable_model_classes(methods: Mapping[str, Method]) -> list[str]:
+    """The methods whose ``model_class`` could not be loaded: a project class that its module
+    lacks, or a package that is not installed. Checked at start-up, so that a model is not
+    found unstorable only after its training."""
+    problems = []
+    for name, method in methods.items():
+        module, _, attribute = method.model_class.rpartition(".")
+        if module.startswith(f"{__name__}."):
+            found = hasattr(importlib.import_module(module), attribute)
+        else:  # the package alone: importing scvi-tools takes seconds
+            found = importlib.util.find_spec(module.split(".")[0]) is not None
+        if not found:
+            problems.append(f"{name}: model_class {method.model_class!r} cannot be loaded")
+    return problems
 
 
 METHODS: dict[str, Method] = registry(_MODULES)
