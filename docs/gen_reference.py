@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from cite_bench.methods import METHODS
+from cite_bench.methods import DEFAULT_LENGTH, METHODS, Method, training_lengths
 from cite_bench.metrics import METRICS, PRESETS
 from cite_bench.parameters import Parameters
 
@@ -236,29 +236,45 @@ def parameters_page(model: type[BaseModel] = Parameters) -> str:
                 f"| `{path}` | {_type(leaf, defs)} | {_yes(required)} "
                 f"| {_code(value) if found else ''} | {_cell(comments.get(path, ''))} |"
             )
-    model = _resolve(schema["properties"]["modelling"]["additionalProperties"], defs)
-    hyper = _resolve(model["properties"]["hyperparameters"], defs)
-    lines += [
+    lines += modelling_section()
+    return "\n".join(lines) + "\n"
+
+
+def modelling_section(methods: Mapping[str, Method] = METHODS) -> list[str]:
+    """Each method's settings from its own typed hyperparameters: type, default (the demo's)
+    and what each training length sets instead."""
+    lengths = [length for length in training_lengths(methods) if length != DEFAULT_LENGTH]
+    lines = [
         "",
         "## `modelling`",
         "",
-        "One block per method of the [methods reference](methods.md), "
-        "`modelling.<method>.hyperparameters`: the shared settings below are checked, "
-        "model-specific keys pass to the method.",
-        "",
-        "| Hyperparameter | Type | Schema default |",
-        "|---|---|---|",
+        "Each method's settings, from its module (`src/cite_bench/methods/<method>.py`). The "
+        "defaults are sized for the demo on 2 CPU cores; `training_length` "
+        f"({', '.join(f'`{length}`' for length in [DEFAULT_LENGTH, *lengths])}) replaces some of "
+        "them, and `modelling.<method>.hyperparameters.<key>` (in `conf/local/` or `--params`) "
+        "overrides any of them. A key a method does not have is refused at start-up.",
     ]
-    for name, leaf in hyper["properties"].items():
-        default = _code(leaf["default"]) if "default" in leaf else ""
-        lines.append(f"| `{name}` | {_type(leaf, defs)} | {default} |")
-    for method, block in (values.get("modelling") or {}).items():
-        lines += ["", f"### `modelling.{method}.hyperparameters` in conf/base", ""]
-        lines += ["| Key | conf/base | About |", "|---|---|---|"]
-        for key, value in ((block or {}).get("hyperparameters") or {}).items():
-            about = comments.get(f"modelling.{method}.hyperparameters.{key}", "")
-            lines.append(f"| `{key}` | {_code(value)} | {_cell(about)} |")
-    return "\n".join(lines) + "\n"
+    for name, method in methods.items():
+        schema = method.hyperparameters.model_json_schema()
+        defs = schema.get("$defs", {})
+        default = method.settings().model_dump()
+        by_length = {length: method.settings(length=length).model_dump() for length in lengths}
+        lines += ["", f"### `modelling.{name}.hyperparameters`", "", f"{method.description}.", ""]
+        lines += [
+            "| Key | Type | Default | " + " | ".join(f"`{length}`" for length in lengths) + " |",
+            "|---|---|---|" + "---|" * len(lengths),
+        ]
+        for key, field in schema["properties"].items():
+            changed = [
+                _code(values[key]) if values[key] != default[key] else ""
+                for values in by_length.values()
+            ]
+            lines.append(
+                f"| `{key}` | {_type(field, defs)} | {_code(default[key])} | "
+                + " | ".join(changed)
+                + " |"
+            )
+    return lines
 
 
 PAGES = {

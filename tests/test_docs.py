@@ -93,8 +93,14 @@ def test_the_parameters_page_lists_every_block_with_conf_base_values():
         if not isinstance(value, dict):
             assert f"evaluation.{key}" in rows, key
     assert rows["evaluation.metrics"][3] == f"`{base['evaluation']['metrics']}`"
-    for method in base["modelling"]:
-        assert f"### `modelling.{method}.hyperparameters` in conf/base" in page
+    # Every method's settings, from its own typed hyperparameters, with the training lengths.
+    for name, method in METHODS.items():
+        assert f"### `modelling.{name}.hyperparameters`" in page
+        for key in method.hyperparameters.model_fields:
+            assert f"| `{key}` |" in page.split(f"### `modelling.{name}.hyperparameters`")[1]
+    totalvi = page.split("### `modelling.totalvi.hyperparameters`")[1].split("###")[0]
+    max_epochs = _rows(totalvi)["max_epochs"]
+    assert max_epochs[2] == "`60`" and "`400`" in max_epochs and "`3`" in max_epochs
 
 
 def test_a_new_parameter_shows_up_on_the_parameters_page():
