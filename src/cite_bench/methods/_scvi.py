@@ -3,11 +3,15 @@ with the early-stopping settings, and the training read-outs from Lightning's hi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import anndata as ad
+import mudata as md
 import pandas as pd
+from scipy import sparse
 
-from ._common import reproducible_torch
+from ._common import embedding_frame, reproducible_torch
 from ._spec import Trained, VaeHyperparameters
 
 # Passed to ``train()`` where set: scvi-tools' and Multigrate's take them alike.
@@ -54,3 +58,19 @@ def fitted(model: Any, output: pd.DataFrame, settings: VaeHyperparameters) -> Tr
         n_epochs_trained=n_epochs,
         stopped_early=n_epochs < settings.max_epochs,
     )
+
+
+def rna_counts(mdata: md.MuData, columns: Mapping[str, str]) -> ad.AnnData:
+    """The raw RNA counts with the batch column: what scvi-tools' models set up from."""
+    rna, batch = mdata["rna"], columns["batch"]
+    return ad.AnnData(
+        X=sparse.csr_matrix(rna.layers["counts"]),
+        obs=mdata.obs[[batch]].loc[rna.obs_names].copy(),
+        var=pd.DataFrame(index=rna.var_names),
+    )
+
+
+def fitted_latent(model: Any, adata: ad.AnnData, settings: VaeHyperparameters) -> Trained:
+    """The result of a fitted scvi-tools model whose embedding is its latent representation."""
+    latent = embedding_frame(model.get_latent_representation(), adata.obs_names)
+    return fitted(model, latent, settings)

@@ -69,6 +69,15 @@ class VaeHyperparameters(TrainedHyperparameters):
     train_kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to its train()
 
 
+class ScviToolsHyperparameters(VaeHyperparameters):
+    """scvi-tools' own models (totalVI, scVI), with its early-stopping defaults."""
+
+    early_stopping_patience: PositiveInt | None = 45
+    early_stopping_monitor: (
+        Literal["elbo_validation", "reconstruction_loss_validation", "kl_local_validation"] | None
+    ) = "elbo_validation"
+
+
 H = TypeVar("H", bound=Hyperparameters)
 
 

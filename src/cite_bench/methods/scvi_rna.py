@@ -6,24 +6,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-import anndata as ad
 import mudata as md
-import pandas as pd
-from pydantic import PositiveInt
-from scipy import sparse
 
-from ._common import batch_covariate, embedding_frame
-from ._scvi import fit, fitted
-from ._spec import Method, Trained, VaeHyperparameters
+from ._common import batch_covariate
+from ._scvi import fit, fitted_latent, rna_counts
+from ._spec import Method, ScviToolsHyperparameters, Trained
 
 
-class ScviHyperparameters(VaeHyperparameters):
+class ScviHyperparameters(ScviToolsHyperparameters):
     gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb"
-    # scvi-tools' early-stopping defaults, as for totalVI.
-    early_stopping_patience: PositiveInt | None = 45
-    early_stopping_monitor: (
-        Literal["elbo_validation", "reconstruction_loss_validation", "kl_local_validation"] | None
-    ) = "elbo_validation"
 
 
 def train(
@@ -32,14 +23,9 @@ def train(
     import scvi
 
     scvi.settings.seed = seed
-    rna = mdata["rna"]
-    batch = columns["batch"]
-    adata = ad.AnnData(
-        X=sparse.csr_matrix(rna.layers["counts"]),
-        obs=mdata.obs[[batch]].loc[rna.obs_names].copy(),
-        var=pd.DataFrame(index=rna.var_names),
-    )
-    scvi.model.SCVI.setup_anndata(adata, batch_key=batch_covariate(adata.obs, batch, "scVI"))
+    adata = rna_counts(mdata, columns)
+    batch_key = batch_covariate(adata.obs, columns["batch"], "scVI")
+    scvi.model.SCVI.setup_anndata(adata, batch_key=batch_key)
     model = scvi.model.SCVI(
         adata,
         n_latent=settings.n_latent,
@@ -47,9 +33,7 @@ def train(
         **settings.model_kwargs,
     )
     fit(model, settings)
-    return fitted(
-        model, embedding_frame(model.get_latent_representation(), adata.obs_names), settings
-    )
+    return fitted_latent(model, adata, settings)
 
 
 METHOD = Method(

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
 
-import anndata as ad
 import mudata as md
 import numpy as np
 import pandas as pd
-from pydantic import PositiveInt
-from scipy import sparse
 
-from ._common import batch_covariate, dense, embedding_frame
-from ._scvi import fit, fitted
-from ._spec import Method, Trained, VaeHyperparameters
+from ._common import batch_covariate, dense
+from ._scvi import fit, fitted_latent, rna_counts
+from ._spec import Method, ScviToolsHyperparameters, Trained
 
 
-class TotalviHyperparameters(VaeHyperparameters):
-    # scvi-tools' defaults, which runs used before they were listed here.
-    early_stopping_patience: PositiveInt | None = 45
-    early_stopping_monitor: (
-        Literal["elbo_validation", "reconstruction_loss_validation", "kl_local_validation"] | None
-    ) = "elbo_validation"
+class TotalviHyperparameters(ScviToolsHyperparameters):
+    """totalVI's settings: the shared scvi-tools ones."""
 
 
 def train(
@@ -32,12 +24,7 @@ def train(
 
     scvi.settings.seed = seed
     rna, adt = mdata["rna"], mdata["adt"]
-    batch = columns["batch"]
-    adata = ad.AnnData(
-        X=sparse.csr_matrix(rna.layers["counts"]),
-        obs=mdata.obs[[batch]].loc[rna.obs_names].copy(),
-        var=pd.DataFrame(index=rna.var_names),
-    )
+    adata = rna_counts(mdata, columns)
     # totalVI's protein prior needs dense protein counts.
     adata.obsm["protein_expression"] = pd.DataFrame(
         dense(adt[rna.obs_names].layers["counts"]).astype(np.float32),
@@ -47,13 +34,11 @@ def train(
     scvi.model.TOTALVI.setup_anndata(
         adata,
         protein_expression_obsm_key="protein_expression",
-        batch_key=batch_covariate(adata.obs, batch, "totalVI"),
+        batch_key=batch_covariate(adata.obs, columns["batch"], "totalVI"),
     )
     model = scvi.model.TOTALVI(adata, n_latent=settings.n_latent, **settings.model_kwargs)
     fit(model, settings)
-    return fitted(
-        model, embedding_frame(model.get_latent_representation(), adata.obs_names), settings
-    )
+    return fitted_latent(model, adata, settings)
 
 
 METHOD = Method(
