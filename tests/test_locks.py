@@ -73,7 +73,7 @@ def test_a_second_run_of_a_dataset_is_refused_naming_the_first(project):
     stops before any work, and says which run to wait for."""
     holder = _Holder(run_lock_path(project, "demo"))
     try:
-        with pytest.raises(RunLockedError, match=rf"pid {holder.process.pid} .*inputs\.rna="):
+        with pytest.raises(RunLockedError, match=rf"pid {holder.process.pid} .*inputs\.path="):
             run_kedro(project, pipeline_names=["data_processing"], runtime_params=PARAMS)
         assert not (project / "data/03_primary/demo.h5mu").exists()
     finally:

@@ -55,10 +55,22 @@ def test_the_matrix_command_runs_demo_and_starter_with_two_seeds(project, starte
     LocalCluster: one combined table and figure, one MLflow parent run per dataset. Each
     dataset's run (`kedro run --params "seeds=0 1"`) trains every model once per seed, and its
     tables report mean ± SD, non-zero for the trained models."""
-    inputs = f"inputs.path={starter_dir / 'rna.h5ad'},inputs.adt_path={starter_dir / 'adt.h5ad'}"
-    quick = f"{QUICK_CLI},{inputs}"
+    # The starter environment names its files (--params would name them for both datasets).
+    starter = project / "conf/starter/globals.yml"
+    starter.write_text(
+        starter.read_text().replace("../shared/data/bmmc_cite_starter", str(starter_dir))
+    )
     result = kedro_cli(
-        project, "matrix", "--env", "base", "--env", "starter", "--seeds", "0 1", "--params", quick
+        project,
+        "matrix",
+        "--env",
+        "base",
+        "--env",
+        "starter",
+        "--seeds",
+        "0 1",
+        "--params",
+        QUICK_CLI,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     output = project / "data/08_reporting/matrix"

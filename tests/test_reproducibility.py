@@ -75,7 +75,7 @@ def _baselines_with_threads(n_threads: int, output: Path) -> dict[str, np.ndarra
 def test_baselines_do_not_depend_on_the_number_of_threads(tmp_path):
     one = _baselines_with_threads(1, tmp_path / "one.npz")
     two = _baselines_with_threads(2, tmp_path / "two.npz")
-    assert set(one) == {"train_pca_rna", "train_pca_rna_adt"}
+    assert set(one) == {"pca_rna", "pca_rna_adt"}
     for name, embedding in one.items():
         # Bit-identical here; the README promises float tolerance elsewhere.
         np.testing.assert_allclose(two[name], embedding, rtol=0, atol=1e-9, err_msg=name)

@@ -70,10 +70,14 @@ def test_training_asks_for_a_gpu_and_the_rest_for_what_default_says():
 
 
 def test_gpu_capable_training_carries_the_gpu_tag():
+    from cite_bench.methods import METHODS
     from cite_bench.pipelines.modelling.pipeline import create_pipeline
 
     tagged = {node.name for node in create_pipeline().nodes if "gpu" in node.tags}
-    assert tagged == {"modelling.totalvi.train", "modelling.multigrate.train"}
+    declared = {f"modelling.{name}.train" for name, method in METHODS.items() if method.uses_gpu}
+    assert tagged == declared
+    assert {"modelling.totalvi.train", "modelling.multigrate.train"} <= tagged
+    assert "modelling.mofa.train" not in tagged and "modelling.pca_rna.train" not in tagged
 
 
 def test_a_resource_no_worker_offers_is_refused_before_any_work():

@@ -417,3 +417,16 @@ def test_a_per_method_declaration_matches_its_methods_names_only():
         "metrics",
     ]
     assert artifacts.tracked("paired_modalities") == []
+
+
+def test_a_skipped_method_keeps_its_cell_count_tag():
+    """A method that did not train (a control switched off) has no device or cell count in its
+    summary: its training tags leave the run's cell count as the cell table set it."""
+    from cite_bench.tracking.values import training_tags
+
+    assert training_tags({"method": "random_gaussian", "skipped": "controls are off"}) == {}
+    assert training_tags({"device": "cpu", "n_cells": 600, "versions": {"numpy": "2.0"}}) == {
+        "device": "cpu",
+        "n_cells": "600",
+        "version.numpy": "2.0",
+    }

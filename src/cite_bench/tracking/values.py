@@ -80,8 +80,9 @@ def training_metrics(summary: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 def training_tags(summary: Mapping[str, Any]) -> dict[str, str]:
-    """Where and with what a model was trained: device, cells, package versions."""
-    tags = {"device": str(summary.get("device", "")), "n_cells": str(summary.get("n_cells", ""))}
+    """Where and with what a model was trained: device, cells, package versions. A method that
+    was skipped trained nowhere: it leaves the tags it has (the cell count) as they are."""
+    tags = {key: str(summary[key]) for key in ("device", "n_cells") if key in summary}
     for package, version in (summary.get("versions") or {}).items():
         tags[f"version.{package}"] = str(version)
     return tags
