@@ -421,6 +421,11 @@ def test_the_dataset_is_named_by_the_command_line_or_after_the_file():
     assert dataset_name_from_path("/data/pbmc/outs/filtered_feature_bc_matrix.h5") == "pbmc"
     assert dataset_name_from_path("/data/study 2/rna.h5ad") == "study_2"
     assert dataset_name_from_path("/data/cells.zarr") == "cells"
+    # The name becomes part of every artifact's path: never a way out of data/.
+    for unsafe in ("../../etc", "a/b", ".hidden", "x..y"):
+        with pytest.raises(ValueError, match="one plain name"):
+            dataset_name({"dataset": unsafe})
+    assert dataset_name({"inputs": {"samples": {"../up": "/a", "d2": "/b"}}}) == "up-d2"
 
 
 # --- ModelDataset: saved models are loaded only as the project's own model classes ----------

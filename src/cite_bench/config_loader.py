@@ -45,18 +45,33 @@ def dataset_name_from_path(path: str | Path) -> str:
     return "input"
 
 
+_DATASET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _checked_name(name: str) -> str:
+    """A dataset name from the command line: it becomes part of every artifact's path, so one
+    plain name (no folder separators, no ``..``)."""
+    if not _DATASET_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"--params dataset={name!r}: a dataset name is one plain name (letters, digits, "
+            "'_', '-', '.'; no '/' and no '..'), since artifacts go to data/<layer>/<dataset>..."
+        )
+    return name
+
+
 def dataset_name(
     runtime_params: Mapping[str, Any], globals_: Mapping[str, Any] | None = None
 ) -> str | None:
     """The dataset name the command line asks for, or None to keep ``globals.yml``'s."""
     if runtime_params.get("dataset"):
-        return str(runtime_params["dataset"])
+        return _checked_name(str(runtime_params["dataset"]))
     configured = (globals_ or {}).get("inputs") or {}
     if configured.get("path") or configured.get("samples"):
         return None  # the environment's dataset, perhaps from another copy of its files
     inputs = runtime_params.get("inputs") or {}
     if inputs.get("samples"):
-        return "-".join(str(name) for name in inputs["samples"])[:80]
+        joined = "-".join(str(name) for name in inputs["samples"])[:80]
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", joined).strip("._-") or "samples"
     if inputs.get("path"):
         return dataset_name_from_path(inputs["path"])
     return None
