@@ -1,4 +1,5 @@
-"""The tables and figures of every scored method: ``kedro run --pipeline reporting``."""
+"""The tables and figures of every scored method: the last part of the evaluation and external
+pipelines (``kedro run --pipeline evaluation`` or ``external`` rebuilds them)."""
 
 from .pipeline import create_pipeline
 

@@ -1,7 +1,8 @@
 """One table of every method's scores (registered and external), its markdown and figures.
 
 Wiring only: the nodes are ``cite_bench.reporting``'s functions. The evaluation and external
-pipelines end with it; on its own it rebuilds the tables and figures from the scores saved.
+pipelines end with it (it is not registered on its own: it reads the external embeddings'
+UMAPs, which only the external scoring makes).
 """
 
 from __future__ import annotations
