@@ -7,13 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import cite_bench
-from cite_bench.api import benchmark, control_embeddings
+from cite_bench.api import control_embeddings, score
 from cite_bench.evaluate import score_embedding
 from cite_bench.methods import METHODS
 from cite_bench.parameters import Evaluation
 
-ONE_SEED = {"leiden_seeds": [0]}
+ONE_SEED = {"leiden_seeds": [0], "metrics": "fast"}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def scored(small_mudata, columns):
     mdata = small_mudata.copy()
     mdata.obsm["X_copy"] = unintegrated.loc[mdata.obs_names].to_numpy()
     adt = pd.DataFrame(np.asarray(mdata["adt"].X.todense()), index=mdata["adt"].obs_names)
-    table = benchmark(
+    table = score(
         mdata,
         {"copy": "X_copy", "protein": adt},
         unintegrated=unintegrated,
@@ -58,7 +57,7 @@ def test_scores_are_the_pipelines(scored, small_mudata, columns):
     the same on every metric that does not compare with it."""
     mdata, unintegrated, table = scored
     values = table.pivot(index="metric", columns="method", values="value")
-    settings = Evaluation(metrics="fast", **ONE_SEED).model_dump()
+    settings = Evaluation(**ONE_SEED).model_dump()
     cells = mdata.obs[[columns["label"], columns["batch"]]].astype("category")
     direct = score_embedding(
         unintegrated, unintegrated, cells, settings, columns, is_reference=True
@@ -95,12 +94,12 @@ def test_controls_without_an_unintegrated_embedding_or_labels():
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda m: benchmark(m, ["X_nope"]), r"No obsm\[.X_nope.\].*obsm keys: .*X_copy"),
-        (lambda m: benchmark(m, {"a": "X_copy"}, label_key="kind"), "No obs column 'kind'"),
-        (lambda m: benchmark(m, {"totalvi": "X_copy"}), "names of the project's methods"),
-        (lambda m: benchmark(m, {"a": np.zeros((3, 2))}), "one row per cell"),
-        (lambda m: benchmark(m, {}), "No embedding to score"),
-        (lambda m: benchmark(m, {"a": "X_copy"}, metrics="most"), "unknown preset 'most'"),
+        (lambda m: score(m, ["X_nope"]), r"No obsm\[.X_nope.\].*obsm keys: .*X_copy"),
+        (lambda m: score(m, {"a": "X_copy"}, label_key="kind"), "No obs column 'kind'"),
+        (lambda m: score(m, {"totalvi": "X_copy"}), "names of the project's methods"),
+        (lambda m: score(m, {"a": np.zeros((3, 2))}), "one row per cell"),
+        (lambda m: score(m, {}), "No embedding to score"),
+        (lambda m: score(m, {"a": "X_copy"}, metrics="most"), "unknown preset 'most'"),
     ],
 )
 def test_mistakes_are_named_before_any_work(scored, call, message):
@@ -109,8 +108,14 @@ def test_mistakes_are_named_before_any_work(scored, call, message):
 
 
 def test_the_flat_api_names_resolve():
+    import importlib.util
+
+    import cite_bench.benchmark.timing  # noqa: F401 - a subpackage import must not shadow a name
+
     for name in cite_bench.__all__:
+        assert importlib.util.find_spec(f"cite_bench.{name}") is None, f"{name} is a module too"
         assert getattr(cite_bench, name) is not None
+    assert callable(cite_bench.score)
     assert cite_bench.METHODS is METHODS
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         cite_bench.nope  # noqa: B018

@@ -1,7 +1,7 @@
 """cite-bench: benchmark multimodal single-cell integration (CITE-seq) with scib's metrics.
 
 The Kedro project runs the pipelines; for notebooks, the small API below scores embeddings of
-an AnnData or MuData directly (``cite_bench.benchmark``) and lists the registries. Its names
+an AnnData or MuData directly (``cite_bench.score``) and lists the registries. Its names
 load on first use, so that Kedro's commands start without the scientific stack.
 """
 
@@ -14,7 +14,7 @@ __version__ = "0.1"
 
 # Public name -> the module that defines it.
 _API = {
-    "benchmark": "cite_bench.api",
+    "score": "cite_bench.api",
     "control_embeddings": "cite_bench.api",
     "score_embedding": "cite_bench.evaluate",
     "summarise_over_seeds": "cite_bench.reporting",
@@ -29,9 +29,9 @@ __all__ = [  # noqa: F822 - defined lazily by __getattr__
     "METRICS",
     "PRESETS",
     "READERS",
-    "benchmark",
     "control_embeddings",
     "ranked_methods",
+    "score",
     "score_embedding",
     "summarise_over_seeds",
 ]

@@ -7,8 +7,8 @@ aggregates, exactly as ``kedro run`` computes them (the same scoring, the same c
 same evaluation defaults)::
 
     import cite_bench
-    table = cite_bench.benchmark(
-        mdata, {"totalvi": "X_totalVI", "mofa": "X_mofa"}, unintegrated="X_pca",
+    table = cite_bench.score(
+        mdata, {"my_totalvi": "X_totalVI", "my_mofa": "X_mofa"}, unintegrated="X_pca",
         label_key="cell_type", batch_key="batch", metrics="fast",
     )
     cite_bench.summarise_over_seeds(table)  # one row per method and metric
@@ -37,7 +37,7 @@ Embedding = str | np.ndarray | pd.DataFrame
 UNINTEGRATED = "unintegrated"
 
 
-def benchmark(
+def score(
     data: ad.AnnData | md.MuData,
     embeddings: Mapping[str, Embedding] | Sequence[str],
     *,
@@ -45,7 +45,7 @@ def benchmark(
     batch_key: str = "batch",
     phase_key: str = "phase",
     unintegrated: Embedding | None = None,
-    metrics: str | Sequence[str] = "fast",
+    metrics: str | Sequence[str] | None = None,
     controls: bool = True,
     seed: int = 0,
     **evaluation: Any,
@@ -57,12 +57,14 @@ def benchmark(
     ``unintegrated``: the embedding without integration (e.g. a PCA of the RNA), scored as the
     ``unintegrated`` baseline; the reference-based metrics (PCR comparison, cell-cycle
     conservation) compare each embedding with it, and two controls shuffle it.
-    ``metrics``: a preset or metric keys (``cite_bench.PRESETS``). ``controls``: also score the
+    ``metrics``: a preset or metric keys (``cite_bench.PRESETS``; default: ``kedro run``'s,
+    ``scib``, all of them; ``fast`` leaves out kBET and LISI). ``controls``: also score the
     controls whose scores are known in advance, so that each score is scaled between the worst
     and the best of them (0 and 1). Other evaluation settings (``leiden_seeds``,
     ``n_neighbors``, ...; see the parameters reference) go in ``evaluation``.
     """
-    settings = Evaluation(metrics=metrics, seed=seed, **evaluation).model_dump()
+    chosen = {} if metrics is None else {"metrics": metrics}
+    settings = Evaluation(**chosen, seed=seed, **evaluation).model_dump()
     cells = _cells(data, label_key, batch_key, phase_key)
     frames = _frames(data, embeddings, cells.index)
     reference = None if unintegrated is None else _frame(data, unintegrated, cells.index)

@@ -33,7 +33,7 @@ def read(path: Path, load_args: Mapping[str, Any]) -> ad.AnnData:
             return read_h5ad_backed(path, "r" if backed is True else backed)
         return ad.read_h5ad(path, **load_args)
     except OSError as exc:
-        raise unreadable(path, "AnnData (.h5ad) file", exc) from exc
+        raise unreadable(path, DESCRIPTION, exc) from exc
 
 
 READER = Reader("h5ad", DESCRIPTION, recognise, read, (".h5ad",))

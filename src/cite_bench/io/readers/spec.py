@@ -51,4 +51,6 @@ def hdf5_header(path: Path) -> tuple[str, set[str], bool] | None:
 
 
 def unreadable(path: Path, description: str, exc: Exception) -> DatasetError:
-    return DatasetError(f"'{path}' is not a readable {description}: {exc}")
+    """The error for a file that claims a format but cannot be read as it: ``description`` as
+    the readers' ``DESCRIPTION`` ("an AnnData (.h5ad) file"), with the reader's own reason."""
+    return DatasetError(f"'{path}' could not be read as {description}: {exc}")
