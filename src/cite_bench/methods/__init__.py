@@ -110,10 +110,14 @@ def methods_with_role(*roles: Role) -> list[str]:
     return [name for name, method in METHODS.items() if method.role in roles]
 
 
-def unintegrated_reference() -> str:
-    """The method whose embedding the reference-based metrics compare the others with."""
-    (name,) = (name for name, method in METHODS.items() if method.unintegrated_reference)
-    return name
+def unintegrated_reference(methods: Mapping[str, Method] | None = None) -> str:
+    """The method whose embedding the reference-based metrics compare the others with: the one
+    ``methods`` marks, else the registry's (a subset of methods is still compared with it)."""
+    for candidates in (methods or {}, METHODS):
+        marked = [name for name, method in candidates.items() if method.unintegrated_reference]
+        if marked:
+            return marked[0]
+    raise ValueError("No method is marked as the unintegrated reference.")
 
 
 def role_of(name: str) -> Role:

@@ -19,7 +19,8 @@ from cite_bench.pipelines.reporting.pipeline import PICTURED_ROLES
 from .nodes import compute_metrics, compute_umap
 
 
-def create_scoring_pipeline(method: Method) -> Pipeline:
+def create_scoring_pipeline(method: Method, reference: str) -> Pipeline:
+    """Score ``method``'s output, each seed, against the ``reference`` method's embedding."""
     nodes = [
         Node(
             partial(compute_metrics, method),
@@ -51,7 +52,7 @@ def create_scoring_pipeline(method: Method) -> Pipeline:
         inputs={
             "embedding": artifacts.embedding(method.name),
             # Reference-based metrics (PCR comparison, cell cycle) compare with it.
-            "unintegrated": artifacts.embedding(unintegrated_reference()),
+            "unintegrated": artifacts.embedding(reference),
             CELL_METADATA: CELL_METADATA,
         },
         parameters={"params:evaluation", "params:columns", "params:seeds", "params:controls"},
@@ -67,7 +68,9 @@ def create_pipeline(methods: Mapping[str, Method] | None = None, **kwargs) -> Pi
     # its own namespacing made them.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
+        reference = unintegrated_reference(methods)
         scoring = sum(
-            (create_scoring_pipeline(method) for method in methods.values()), Pipeline([])
+            (create_scoring_pipeline(method, reference) for method in methods.values()),
+            Pipeline([]),
         )
-    return scoring + external_scoring() + create_reporting_pipeline(methods)
+    return scoring + external_scoring(reference) + create_reporting_pipeline(methods)

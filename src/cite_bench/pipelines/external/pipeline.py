@@ -17,12 +17,13 @@ from cite_bench.pipelines.reporting import create_pipeline as create_reporting_p
 from .nodes import check_external_embeddings, compute_umaps, score_external_embeddings
 
 
-def create_scoring_pipeline() -> Pipeline:
-    """Check and score the external embeddings, and their UMAPs."""
+def create_scoring_pipeline(reference: str | None = None) -> Pipeline:
+    """Check and score the external embeddings against the ``reference`` method's embedding
+    (default: the registry's unintegrated reference), and their UMAPs."""
     with warnings.catch_warnings():
         # Kedro warns about the dot in modelling's namespaced output, which it named itself.
         warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
-        reference = artifacts.embedding(unintegrated_reference())
+        reference_embedding = artifacts.embedding(reference or unintegrated_reference())
         return Pipeline(
             [
                 Node(
@@ -35,7 +36,7 @@ def create_scoring_pipeline() -> Pipeline:
                     score_external_embeddings,
                     inputs=[
                         "checked_external_embeddings",
-                        reference,
+                        reference_embedding,
                         CELL_METADATA,
                         "params:evaluation",
                         "params:columns",
@@ -55,4 +56,5 @@ def create_scoring_pipeline() -> Pipeline:
 
 
 def create_pipeline(methods: Mapping[str, Method] | None = None, **kwargs) -> Pipeline:
-    return create_scoring_pipeline() + create_reporting_pipeline(methods)
+    reference = unintegrated_reference(methods)
+    return create_scoring_pipeline(reference) + create_reporting_pipeline(methods)
