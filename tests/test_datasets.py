@@ -407,6 +407,11 @@ def test_nothing_named_is_the_demo():
         dataset.save(adata)
 
 
+def test_samples_and_a_file_named_together_are_refused(tmp_path):
+    with pytest.raises(DatasetError, match=r"Both samples \(d1\) and a file .*name one"):
+        CiteSeqInputDataset(filepath=str(tmp_path / "a.h5ad"), samples={"d1": str(tmp_path)})
+
+
 def test_the_dataset_is_named_by_the_command_line_or_after_the_file():
     from cite_bench.config_loader import dataset_name, dataset_name_from_path
 

@@ -27,7 +27,7 @@ import scanpy as sc
 from cite_bench.knn_graph import subset_neighbours
 from cite_bench.leiden import leiden_clusterer, processes_for
 from cite_bench.neighbours import PrecomputedNeighbors, nearest_neighbours, search_device
-from cite_bench.outputs import EMBEDDING_KEY, GRAPH, MethodOutput
+from cite_bench.outputs import EMBEDDING_KEY, MethodOutput
 
 logger = logging.getLogger(__name__)
 # Each scoring step's wall time, at DEBUG level (the benchmark collects them).
@@ -57,12 +57,6 @@ def embedding_anndata(embedding: pd.DataFrame, cells: pd.DataFrame) -> ad.AnnDat
     """Pair an embedding with the cell annotations, refusing any mismatch of barcodes
     (``MethodOutput``: finite values, constant dimensions dropped)."""
     return MethodOutput(embedding).to_anndata(cells)[0]
-
-
-def graph_anndata(graph: pd.DataFrame, cells: pd.DataFrame) -> tuple[ad.AnnData, Any]:
-    """Pair a graph-output method's graph table (``cite_bench.knn_graph``) with the cell
-    annotations; returns the cells and the graph as neighbour search results."""
-    return MethodOutput(graph, GRAPH).to_anndata(cells)
 
 
 class ScoringData:

@@ -50,6 +50,12 @@ class CiteSeqInputDataset(AbstractDataset[None, ad.AnnData | md.MuData]):
         self._load_args = dict(load_args or {})
         self._demo = dict(demo or {})
         self.metadata = metadata
+        if self._samples and self._path is not None:
+            raise DatasetError(
+                f"Both samples ({', '.join(self._samples)}) and a file ('{self._path}') are "
+                "named as the input: name one, `inputs.samples.<name>=...` or `inputs.path=...` "
+                "(an environment's globals.yml may name the other)."
+            )
         if self._adt_path is not None and self._path is None:
             raise DatasetError(
                 f"An ADT file is named ('{self._adt_path}') but no RNA file: give both, "
