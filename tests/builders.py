@@ -21,6 +21,8 @@ from kedro.runner import SequentialRunner
 from scipy import io as scipy_io
 from scipy import sparse
 
+from cite_bench.metrics import AGGREGATES, METRICS
+
 
 @functools.cache
 def _starter(starter_dir: Path) -> tuple[ad.AnnData, ad.AnnData]:
@@ -146,3 +148,70 @@ def stacked(frame: pd.DataFrame) -> pd.DataFrame:
     from cite_bench.seeds import stack_seeds
 
     return stack_seeds({0: frame})
+
+
+# --- scores ------------------------------------------------------------------------------------
+
+# Evaluation settings small enough for tests.
+SCORING_PARAMS = {
+    "n_neighbors": 15,
+    "lisi_neighbors": 30,
+    "seed": 0,
+    "leiden_resolutions": [0.1, 2.0, 5],
+    "leiden_flavor": "igraph",
+    "metrics": "scib",
+    "rank_by": "scaled",
+    "scaling": {"min_control_range": 0.01, "flag_outside": [-0.5, 1.5]},
+}
+CONTROLS = {"enabled": True}
+
+
+def labelled_cells(n_types: int = 4, per_type: int = 60, n_batches: int = 2) -> pd.DataFrame:
+    """Cells of ``n_types`` types spread evenly over ``n_batches`` batches."""
+    labels = np.repeat([f"type{i}" for i in range(n_types)], per_type)
+    batches = np.tile([f"s1d{j + 1}" for j in range(n_batches)], n_types * per_type // n_batches)
+    index = [f"cell{i}" for i in range(labels.size)]
+    return pd.DataFrame(
+        {"cell_type": pd.Categorical(labels), "batch": pd.Categorical(batches)}, index=index
+    )
+
+
+def clustered_embedding(cells: pd.DataFrame, separation: float, seed: int = 0) -> pd.DataFrame:
+    """A 10-dimensional embedding whose cell types lie ``separation`` apart, in noise."""
+    rng = np.random.default_rng(seed)
+    codes = cells["cell_type"].cat.codes.to_numpy()
+    centres = rng.normal(0, 1, (codes.max() + 1, 10)) * separation
+    values = centres[codes] + rng.normal(0, 1, (codes.size, 10))
+    return pd.DataFrame(values, index=cells.index, columns=[f"latent_{i}" for i in range(10)])
+
+
+def summary_table(seeds: tuple[int, ...] = (0,)) -> pd.DataFrame:
+    rows = []
+    methods = (("a", 0.5), ("b", 0.8), ("c", 0.6), ("random_gaussian", 0.9))
+    for method, overall in methods:
+        for seed in seeds:
+            for metric in [*METRICS, *AGGREGATES]:
+                value = overall + 0.02 * seed if metric == "overall" else 0.7
+                rows.append(
+                    {
+                        "method": method,
+                        "seed": seed,
+                        "metric": metric,
+                        "value": value,
+                        "scaled": value,
+                        "note": "",
+                        "scaled_note": "",
+                    }
+                )
+            rows.append(
+                {
+                    "method": "c",
+                    "seed": seed,
+                    "metric": "kbet",
+                    "value": np.nan,
+                    "scaled": np.nan,
+                    "note": "skipped",
+                    "scaled_note": "",
+                }
+            )
+    return pd.DataFrame(rows).drop_duplicates(["method", "seed", "metric"], keep="last")

@@ -12,10 +12,10 @@ import pytest
 from cite_bench.matrix import combine, format_matrix_table, plan, scored_methods_only
 from cite_bench.methods import METHODS
 from cite_bench.seeds import split_by_seed
+from tests.builders import summary_table as _summary_table
 
 from .conftest import QUICK_CLI, kedro_cli
 from .mlflow_helpers import runs_of
-from .pipelines.evaluation.test_figures import _summary_table
 
 
 def _table(offset: float) -> pd.DataFrame:

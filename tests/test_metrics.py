@@ -23,8 +23,9 @@ from cite_bench.reporting import format_metrics_table, tabulate_metrics
 from cite_bench.reporting.figures import plot_metric_summary
 from cite_bench.seeds import stack_seeds
 from cite_bench.tracking import metric_values
-
-from .pipelines.evaluation.test_nodes import PARAMS, _cells, _embedding
+from tests.builders import SCORING_PARAMS as PARAMS
+from tests.builders import clustered_embedding as _embedding
+from tests.builders import labelled_cells as _cells
 
 
 def test_every_metric_is_described_once():

@@ -10,8 +10,9 @@ import pytest
 from cite_bench.leiden import leiden_clusterer
 from cite_bench.metrics import cell_cycle_conservation, isolated_label_f1
 from cite_bench.scoring import ScoringData, embedding_anndata
-
-from .pipelines.evaluation.test_nodes import PARAMS, _cells, _embedding
+from tests.builders import SCORING_PARAMS as PARAMS
+from tests.builders import clustered_embedding as _embedding
+from tests.builders import labelled_cells as _cells
 
 
 def test_embedding_must_match_the_cells(columns):

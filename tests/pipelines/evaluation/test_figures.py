@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cite_bench.metrics import AGGREGATES, METRICS
 from cite_bench.reporting.figures import (
     compute_umap,
     plot_matrix_summary,
     plot_metric_summary,
     plot_umaps,
 )
+from tests.builders import summary_table as _summary_table
 
 
 def _cells(n_cells: int = 900, n_types: int = 45) -> pd.DataFrame:
@@ -58,38 +58,6 @@ def test_umap_figure_has_a_panel_per_model_and_key_and_all_legend_entries(column
 
 
 PARAMS = {"rank_by": "scaled"}
-
-
-def _summary_table(seeds: tuple[int, ...] = (0,)) -> pd.DataFrame:
-    rows = []
-    methods = (("a", 0.5), ("b", 0.8), ("c", 0.6), ("random_gaussian", 0.9))
-    for method, overall in methods:
-        for seed in seeds:
-            for metric in [*METRICS, *AGGREGATES]:
-                value = overall + 0.02 * seed if metric == "overall" else 0.7
-                rows.append(
-                    {
-                        "method": method,
-                        "seed": seed,
-                        "metric": metric,
-                        "value": value,
-                        "scaled": value,
-                        "note": "",
-                        "scaled_note": "",
-                    }
-                )
-            rows.append(
-                {
-                    "method": "c",
-                    "seed": seed,
-                    "metric": "kbet",
-                    "value": np.nan,
-                    "scaled": np.nan,
-                    "note": "skipped",
-                    "scaled_note": "",
-                }
-            )
-    return pd.DataFrame(rows).drop_duplicates(["method", "seed", "metric"], keep="last")
 
 
 def test_summary_figure_ranks_methods_by_overall_score_with_controls_apart():

@@ -16,35 +16,10 @@ from cite_bench.reporting import (
     summarise_over_seeds,
     tabulate_metrics,
 )
-
-PARAMS = {
-    "n_neighbors": 15,
-    "lisi_neighbors": 30,
-    "seed": 0,
-    "leiden_resolutions": [0.1, 2.0, 5],
-    "leiden_flavor": "igraph",
-    "metrics": "scib",
-    "rank_by": "scaled",
-    "scaling": {"min_control_range": 0.01, "flag_outside": [-0.5, 1.5]},
-}
-CONTROLS = {"enabled": True}
-
-
-def _cells(n_types: int = 4, per_type: int = 60, n_batches: int = 2) -> pd.DataFrame:
-    labels = np.repeat([f"type{i}" for i in range(n_types)], per_type)
-    batches = np.tile([f"s1d{j + 1}" for j in range(n_batches)], n_types * per_type // n_batches)
-    index = [f"cell{i}" for i in range(labels.size)]
-    return pd.DataFrame(
-        {"cell_type": pd.Categorical(labels), "batch": pd.Categorical(batches)}, index=index
-    )
-
-
-def _embedding(cells: pd.DataFrame, separation: float, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    codes = cells["cell_type"].cat.codes.to_numpy()
-    centres = rng.normal(0, 1, (codes.max() + 1, 10)) * separation
-    values = centres[codes] + rng.normal(0, 1, (codes.size, 10))
-    return pd.DataFrame(values, index=cells.index, columns=[f"latent_{i}" for i in range(10)])
+from tests.builders import CONTROLS
+from tests.builders import SCORING_PARAMS as PARAMS
+from tests.builders import clustered_embedding as _embedding
+from tests.builders import labelled_cells as _cells
 
 
 def _score(embedding: pd.DataFrame, cells: pd.DataFrame, columns) -> pd.DataFrame:

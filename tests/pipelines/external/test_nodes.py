@@ -19,8 +19,10 @@ from cite_bench.pipelines.external.nodes import (
 )
 from cite_bench.reporting import tabulate_metrics
 from cite_bench.seeds import stack_seeds
-
-from ..evaluation.test_nodes import CONTROLS, PARAMS, _cells, _embedding
+from tests.builders import CONTROLS
+from tests.builders import SCORING_PARAMS as PARAMS
+from tests.builders import clustered_embedding as _embedding
+from tests.builders import labelled_cells as _cells
 
 
 def _load(tmp_path, frame: pd.DataFrame, suffix: str, **spec) -> dict:
