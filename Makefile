@@ -43,7 +43,7 @@ run: install  ## the whole benchmark on the built-in demo data
 	$(BIN)/kedro run
 
 test: install-test system-packages  ## the test suite (the real-data tests skip when ../shared is absent)
-	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=15
+	$(BIN)/python -m pytest -n 2 --durations=15
 
 # Servers and a browser some tests start on localhost: PostgreSQL (behind the MLflow server) and
 # Chromium (the MLflow UI check), from Debian's packages where apt-get can install them (root or
