@@ -34,6 +34,16 @@ METRICS_MARKDOWN = "metrics_markdown"
 METRICS_SUMMARY_FIGURE = "metrics_summary_figure"
 UMAP_FIGURE = "umap_figure"
 
+# A name that becomes one component of an artifact's path (a dataset, a saved model): letters,
+# digits, '_', '-', '.'; no separator, no "..", not hidden.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def is_plain_name(name: object) -> bool:
+    """Whether ``name`` can be joined into a path without leaving its folder."""
+    return isinstance(name, str) and bool(_PLAIN_NAME.fullmatch(name)) and ".." not in name
+
+
 # Where a method's name goes in a per-method name (patterns in TRACKED and catalog.yml).
 METHOD = "{method}"
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from kedro.config import OmegaConfigLoader
 
+from cite_bench.artifacts import is_plain_name
+
 # File and folder names that say nothing about the data: the name is taken from a folder above.
 _GENERIC_NAMES = {
     "filtered_feature_bc_matrix",
@@ -45,13 +47,10 @@ def dataset_name_from_path(path: str | Path) -> str:
     return "input"
 
 
-_DATASET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-
 def _checked_name(name: str) -> str:
     """A dataset name from the command line: it becomes part of every artifact's path, so one
     plain name (no folder separators, no ``..``)."""
-    if not _DATASET_NAME.fullmatch(name) or ".." in name:
+    if not is_plain_name(name):
         raise ValueError(
             f"--params dataset={name!r}: a dataset name is one plain name (letters, digits, "
             "'_', '-', '.'; no '/' and no '..'), since artifacts go to data/<layer>/<dataset>..."

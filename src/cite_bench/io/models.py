@@ -6,7 +6,6 @@ import importlib
 import inspect
 import json
 import pickle
-import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -14,6 +13,7 @@ import anndata as ad
 import numpy as np
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
+from cite_bench.artifacts import is_plain_name
 from cite_bench.io.atomic import atomic_path
 from cite_bench.io.h5 import _LOCAL
 
@@ -24,13 +24,12 @@ from cite_bench.io.h5 import _LOCAL
 # Folders saved before the methods had modules of their own name the old module.
 _LEGACY_MODEL_MODULE = "cite_bench.pipelines.modelling.model_artifacts."
 _MODEL_MODULE = "cite_bench.methods.model_artifacts."
-# A model's name in models.json becomes a folder name: one plain path component, no "..".
-_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def _check_model_name(name: object, source: str) -> str:
     """``name`` if it is a plain folder name; saved indexes are input, and joined into paths."""
-    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name) or ".." in name:
+    # A model's name in models.json becomes a folder name: one plain path component.
+    if not is_plain_name(name):
         raise DatasetError(
             f"{source}: model name {name!r} is not a plain folder name (letters, digits, '_', "
             "'-', '.'; no path separators, no '..'); refusing to use it as a path."
